@@ -1,0 +1,42 @@
+"""Captions of a batch as model input: SentencePiece tokens, or the shards' precomputed embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.config import RunConfig
+from harness.data.format import read_manifest
+from harness.data.reader import Batch
+from harness.data.tokenizer import TOKENIZER_FILE, Tokenizer
+from harness.model.conditioning import TextInput
+
+
+class TextSource:
+    """Turns a Batch's captions into a TextInput, the way the configured text encoder needs."""
+
+    def __init__(self, cfg: RunConfig):
+        self.max_len = cfg.model.text_max_len
+        self.tokenizer: Tokenizer | None = None
+        self.text_dim: int | None = None
+        if cfg.model.text_encoder == "learned":
+            self.tokenizer = Tokenizer(cfg.data.tokenizer or Path(cfg.data.path) / TOKENIZER_FILE)
+        else:
+            spec = read_manifest(cfg.data.path).text_embedding
+            if not spec:
+                raise ValueError(f"{cfg.data.path}/manifest.json: model.text_encoder=precomputed, but the data set "
+                                 "has no text_embedding (run tools/embed_captions.py)")
+            self.text_dim = int(spec["dim"])
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.tokenizer.vocab_size if self.tokenizer else None
+
+    def encode(self, batch: Batch, device: torch.device | str = "cpu") -> TextInput:
+        """TextInput (B captions) on `device`."""
+        if self.tokenizer is not None:
+            tokens, lengths = self.tokenizer.encode(batch.captions, self.max_len)
+            return TextInput(lengths=lengths.to(device), tokens=tokens.to(device))
+        emb = batch.text_emb[:, : self.max_len].to(device)
+        return TextInput(lengths=batch.text_len.clamp(1, self.max_len).to(device), emb=emb)

@@ -1,0 +1,108 @@
+"""From the launcher's environment to an initialised torch.distributed world.
+
+One `harness-train` command runs under torchrun, srun or mpiexec, or as a plain single process:
+- torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
+- srun sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID inside a job step;
+- mpiexec (MPICH's PMI_RANK, Open MPI's OMPI_COMM_WORLD_RANK, PMIx's PMIX_RANK): mpi4py says.
+Under srun and mpiexec the rendezvous comes from MPI: rank 0 broadcasts its host address and a
+free port (node names from `scontrol` do not always resolve). NCCL where CUDA is present, gloo
+otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class LaunchError(RuntimeError):
+    """The launcher's environment is inconsistent; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    launcher: str        # "single", "torchrun", "srun" or "mpiexec"
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _reachable_address() -> str:
+    """This host's address as other nodes reach it (the interface of the default route)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))   # no packet is sent; this picks the outgoing interface
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+def detect(env: dict | None = None) -> str:
+    """Name the launcher that started this process, from its environment variables alone."""
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env and "MASTER_ADDR" in env):
+        return "torchrun"
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        return "srun"
+    if any(k in env for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")):
+        return "mpiexec"
+    return "single"
+
+
+def _mpi_rendezvous(launcher: str) -> LaunchInfo:
+    from mpi4py import MPI   # only where an MPI launcher started us: mpi4py initialises MPI on import
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if launcher == "srun":
+        ntasks = int(os.environ.get("SLURM_NTASKS", size))
+        if size != ntasks:
+            raise LaunchError(
+                f"rank {rank}: MPI world size {size} != SLURM_NTASKS {ntasks}; the srun --mpi= plugin does not "
+                "match this MPI (MPICH wants --mpi=pmi2, Open MPI --mpi=pmix), so every task is alone")
+        local_rank = int(os.environ.get("SLURM_LOCALID", 0))
+    else:
+        local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    address = comm.bcast((_reachable_address(), _free_port()) if rank == 0 else None, root=0)
+    os.environ.setdefault("MASTER_ADDR", address[0])
+    os.environ.setdefault("MASTER_PORT", str(address[1]))
+    return LaunchInfo(launcher, rank, size, local_rank)
+
+
+def launch_info() -> LaunchInfo:
+    """Rank, world size and local rank of this process, setting MASTER_ADDR/PORT where needed."""
+    launcher = detect()
+    if launcher == "torchrun":
+        return LaunchInfo(launcher, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                          int(os.environ.get("LOCAL_RANK", 0)))
+    if launcher in ("srun", "mpiexec"):
+        return _mpi_rendezvous(launcher)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    return LaunchInfo("single", 0, 1, 0)
+
+
+def init_distributed(timeout_s: float = 300.0) -> LaunchInfo:
+    """Initialise torch.distributed for this launcher (NCCL on GPUs, gloo on CPUs)."""
+    info = launch_info()
+    if dist.is_initialized():
+        return info
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend, init_method="env://", rank=info.rank, world_size=info.world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return info

@@ -1,0 +1,44 @@
+"""Sampling from a trained model stage: captions -> images, with classifier-free guidance.
+
+Image i starts from noise seeded by (seed, i), so a sample set is the same however the captions
+are split across ranks or batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from harness.config import RunConfig
+from harness.diffusion.samplers import guided, sample
+from harness.diffusion.schedule import Schedule
+from harness.model.conditioning import TextInput
+
+
+def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image index."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]
+
+
+@torch.no_grad()
+def sample_captions(model, cfg: RunConfig, text: TextInput, indices: Sequence[int], *, seed: int = 0,
+                    steps: int | None = None, sampler: str | None = None,
+                    guidance_scale: float | None = None) -> torch.Tensor:
+    """Images (n, 3, R, R) in [-1, 1] for n captions with a whole (single-stage) model."""
+    d, res = cfg.diffusion, cfg.model.resolution_px
+    schedule = Schedule(res, d.base_resolution_px, d.logsnr_min, d.logsnr_max)
+    n = len(indices)
+    device = next(model.parameters()).device
+    text_c = dataclasses.replace(text, drop=torch.zeros(n, dtype=torch.bool, device=device))
+    text_u = dataclasses.replace(text, drop=torch.ones(n, dtype=torch.bool, device=device))
+    was_training = model.training
+    model.eval()
+    try:
+        denoise = guided(lambda z, t: model(z, t, text_c).float(), lambda z, t: model(z, t, text_u).float(),
+                         d.guidance_scale if guidance_scale is None else guidance_scale)
+        return sample(denoise, schedule, image_generators(seed, indices), (3, res, res),
+                      steps=steps or d.sample_steps, sampler=sampler or d.sampler, device=device)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,89 @@
+"""Convolutional building blocks of the UNet levels (plain torch; replicated across TP ranks).
+
+Shapes: images and feature maps are (B, C, H, W); the conditioning vector is (B, D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups that divide the channels."""
+    groups = math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters in place (the block starts as the identity) and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, scale/shift from the conditioning vector, residual path.
+
+    The second convolution starts at zero, so a new block is the identity (plus a 1x1 channel
+    projection where the channel count changes) until it has trained.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.cond = nn.Linear(cond_dim, 2 * out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.cond(F.silu(cond))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution (may change channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour, then a 3x3 convolution (may change channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) values -> (B, dim) sin/cos features at geometric frequencies (Transformer / DDPM style)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    args = x.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin/cos position embedding (grid*grid, dim), rows in raster order (MAE / DiT)."""
+    coords = torch.arange(grid, dtype=torch.float32)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    emb_y = sinusoidal_embedding(yy.flatten(), dim // 2, max_period=10000.0)
+    emb_x = sinusoidal_embedding(xx.flatten(), dim - dim // 2, max_period=10000.0)
+    return torch.cat([emb_y, emb_x], dim=1)

@@ -1,0 +1,138 @@
+"""The core: a deep stack of transformer layers on the 16x16 token grid, built from Megatron-core.
+
+Each layer is self-attention, cross-attention to the caption and an MLP, modulated by the
+conditioning vector (adaLN-single, as in PixArt-alpha: one shared projection of the condition,
+plus a learned per-layer table). Its linears are Megatron Column/RowParallelLinear, so tensor
+parallelism splits the attention heads and the MLP inside Megatron; nothing here knows the layout.
+
+Layers live in a ModuleDict keyed by their global index, so parameter names (and checkpoint keys)
+are the same whichever pipeline stage holds a layer. Sequence-first shapes, as Megatron uses:
+hidden (N, B, H), context (L, B, H).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import (
+    CrossAttention, CrossAttentionSubmodules, SelfAttention, SelfAttentionSubmodules)
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+from harness.model.blocks import sincos_2d
+
+
+class SDPAttention(MegatronModule):
+    """Megatron core-attention slot filled by torch's scaled_dot_product_attention.
+
+    Takes Megatron's per-partition heads: query (Sq, B, heads, d), key/value (Sk, B, heads, d);
+    `attention_mask` (B, 1, 1, Sk) is True where a key is masked out (Megatron's convention).
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str, softmax_scale: float | None = None, **_unused):
+        super().__init__(config=config)
+        self.dropout = config.attention_dropout
+        self.softmax_scale = softmax_scale
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))   # (B, heads, S, d)
+        mask = None if attention_mask is None else ~attention_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        sq, b = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(sq, b, -1)               # (Sq, B, heads * d)
+
+
+class CoreLayer(MegatronModule):
+    """adaLN-modulated self-attention, cross-attention (plain pre-norm) and MLP, with residuals."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int):
+        super().__init__(config=config)
+        h = config.hidden_size
+        self.norm1 = nn.LayerNorm(h, elementwise_affine=False, eps=1e-6)
+        self.self_attn = SelfAttention(
+            config, SelfAttentionSubmodules(linear_qkv=ColumnParallelLinear, core_attention=SDPAttention,
+                                            linear_proj=RowParallelLinear),
+            layer_number=layer_number, attn_mask_type=AttnMaskType.no_mask)
+        self.norm_cross = nn.LayerNorm(h, eps=1e-6)
+        self.cross_attn = CrossAttention(
+            config, CrossAttentionSubmodules(linear_q=ColumnParallelLinear, linear_kv=ColumnParallelLinear,
+                                             core_attention=SDPAttention, linear_proj=RowParallelLinear),
+            layer_number=layer_number, attn_mask_type=AttnMaskType.padding)
+        self.norm2 = nn.LayerNorm(h, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(config, MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+                       ffn_hidden_size=config.ffn_hidden_size)
+        self.ada_table = nn.Parameter(torch.randn(6, h) / h ** 0.5)
+
+    def forward(self, x, mod, context, context_mask):
+        """x (N, B, H), mod (B, 6, H), context (L, B, H), context_mask (B, 1, 1, L) True = masked."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.ada_table[None] + mod).unbind(1)  # (B, H)
+        out, bias = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, attention_mask=None)
+        x = x + gate1 * (out + bias)
+        out, bias = self.cross_attn(self.norm_cross(x), attention_mask=context_mask, key_value_states=context)
+        x = x + out + bias
+        out, bias = self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        return x + gate2 * (out + bias)
+
+
+def core_transformer_config(*, hidden: int, layers: int, heads: int, tp: int = 1, pp: int = 1,
+                            dropout: float = 0.0, dtype: torch.dtype = torch.float32,
+                            initialize: bool = True) -> TransformerConfig:
+    """The Megatron TransformerConfig of a core; weights initialise on the CPU, full then sliced,
+    so a TP=N core starts as exact slices of the TP=1 core."""
+    return TransformerConfig(
+        num_layers=layers, hidden_size=hidden, num_attention_heads=heads, ffn_hidden_size=4 * hidden,
+        kv_channels=hidden // heads, hidden_dropout=dropout, attention_dropout=dropout,
+        add_bias_linear=True, gated_linear_unit=False, activation_func=F.gelu,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, pipeline_dtype=dtype,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, use_cpu_initialization=True,
+        perform_initialization=initialize, init_method_std=0.02)
+
+
+class Core(MegatronModule):
+    """Channels at the core grid -> tokens -> transformer layers -> channels at the core grid.
+
+    `layer_ids` are the global indices of the layers this pipeline stage holds; `pre_process`
+    builds the input projection and the modulation, `post_process` the output projection.
+    `build_layer(i)` lets the caller seed each layer's initialisation by its global index.
+    """
+
+    def __init__(self, config: TransformerConfig, channels: int, grid: int, layer_ids: range,
+                 pre_process: bool = True, post_process: bool = True, build_layer=None):
+        super().__init__(config=config)
+        h = config.hidden_size
+        self.grid, self.channels = grid, channels
+        self.register_buffer("pos_emb", sincos_2d(grid, h), persistent=False)   # (N, H)
+        build_layer = build_layer or (lambda i: CoreLayer(config, layer_number=i + 1))
+        self.layers = nn.ModuleDict({str(i): build_layer(i) for i in layer_ids})
+        if pre_process:
+            self.proj_in = nn.Linear(channels, h)
+            self.mod_proj = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
+        if post_process:
+            self.norm_out = nn.LayerNorm(h, eps=1e-6)
+            self.proj_out = nn.Linear(h, channels)
+
+    def embed(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, g, g), cond (B, H) -> hidden (N, B, H), mod (B, 6, H)."""
+        tokens = self.proj_in(x.flatten(2).transpose(1, 2)) + self.pos_emb.to(x.dtype)  # (B, N, H)
+        mod = self.mod_proj(cond).unflatten(1, (6, -1))
+        return tokens.transpose(0, 1).contiguous(), mod
+
+    def run_layers(self, hidden, mod, context, context_valid):
+        """Apply this stage's layers; context (B, L, H), context_valid (B, L) bool."""
+        context_sbh = context.transpose(0, 1).contiguous()
+        mask = ~context_valid[:, None, None, :]
+        for layer in self.layers.values():
+            hidden = layer(hidden, mod, context_sbh, mask)
+        return hidden
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (N, B, H) -> (B, C, g, g)."""
+        out = self.proj_out(self.norm_out(hidden)).transpose(0, 1)          # (B, N, C)
+        return out.transpose(1, 2).unflatten(2, (self.grid, self.grid))

@@ -1,0 +1,40 @@
+"""Model sizes as data. The core holds ~16·L·H² parameters (self- and cross-attention, 4H MLP).
+
+`python tools/count_params.py` builds each size on the meta device and prints its parameter count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden: int
+    """Core width H."""
+    layers: int
+    """Core depth L (transformer layers)."""
+    heads: int
+    """Core attention heads (H / heads is the head dim)."""
+    channels: int
+    """Convolution channels next to the core (the core's input/output channels)."""
+    text_width: int
+    """Width of the learned text encoder."""
+    text_layers: int
+    """Depth of the learned text encoder."""
+    text_heads: int
+    """Heads of the learned text encoder."""
+
+
+MODEL_SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(hidden=32, layers=2, heads=2, channels=16, text_width=32, text_layers=1, text_heads=2),
+    "small": ModelSize(hidden=256, layers=6, heads=4, channels=64, text_width=128, text_layers=2, text_heads=4),
+    "2b": ModelSize(hidden=2048, layers=30, heads=16, channels=256, text_width=1024, text_layers=6, text_heads=16),
+    "4b": ModelSize(hidden=3072, layers=26, heads=24, channels=384, text_width=1024, text_layers=6, text_heads=16),
+    "8b": ModelSize(hidden=4096, layers=30, heads=32, channels=512, text_width=1024, text_layers=6, text_heads=16),
+}
+
+
+def default_level_channels(size: ModelSize, levels: int) -> list[int]:
+    """Channels of a grown model's levels, outermost first: halving outwards from the core, >= 32."""
+    return [max(size.channels >> (levels - i), 32) for i in range(levels)]

@@ -1,0 +1,211 @@
+"""The two models of greedy growing, written once for every parallel layout.
+
+- ShallowUViT (core pre-training, DESIGN §1): patchify entry convolution straight to the core
+  grid, one ResBlock as encoder, the core, one ResBlock as decoder over [core output, long skip],
+  unpatchify exit convolution.
+- GrownUViT (growth stages): a convolutional UNet from the target resolution down to the core
+  grid (ResBlock levels with 2x down-sampling), the same core, a mirrored decoder with UNet skips.
+
+Both share `cond.*` (text and time conditioning) and `core.*`: growth carries exactly those
+(harness/growth/rules.py).
+The forward pass is split into embed -> run_layers -> finish so that a pipeline stage runs only
+its part; `StageState` is what flows between the parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import ModelType
+from megatron.core.transformer.module import MegatronModule
+from torch import nn
+
+from harness.config import ModelConfig
+from harness.model.blocks import Downsample, ResBlock, Upsample, group_norm, zero_
+from harness.model.conditioning import Conditioning, TextEncoder, TextInput
+from harness.model.core import Core, CoreLayer, core_transformer_config
+from harness.model.sizes import MODEL_SIZES, default_level_channels
+
+@dataclass
+class StageState:
+    """Activations that cross a pipeline-stage boundary (shapes for batch B, caption length L)."""
+
+    hidden: torch.Tensor          # (N, B, H) core tokens
+    mod: torch.Tensor             # (B, 6, H) adaLN modulation
+    context: torch.Tensor         # (B, L, H) caption states for cross-attention
+    context_valid: torch.Tensor   # (B, L) bool
+    cond: torch.Tensor            # (B, H) conditioning vector of the ResBlocks
+    skips: list[torch.Tensor]     # encoder activations the decoder consumes, in encoder order
+
+
+def derived_seed(seed: int, name: str) -> int:
+    """A seed for one module from the run seed and the module's name (layout-independent init)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+
+
+def seeded(seed: int, name: str, build):
+    """Build a module with the CPU RNG seeded by (seed, name), leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, name))
+        return build()
+
+
+class UViT(MegatronModule):
+    """Common skeleton: conditioning and core; subclasses add the convolutional levels."""
+
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int | None, text_dim: int | None, seed: int,
+                 tp: int = 1, pp: int = 1, layer_ids: range | None = None, pre_process: bool = True,
+                 post_process: bool = True, dtype: torch.dtype = torch.float32, initialize: bool = True):
+        size = MODEL_SIZES[cfg.size]
+        config = core_transformer_config(hidden=size.hidden, layers=size.layers, heads=size.heads, tp=tp, pp=pp,
+                                         dropout=cfg.dropout, dtype=dtype, initialize=initialize)
+        super().__init__(config=config)
+        self.model_type = ModelType.encoder_or_decoder
+        self.cfg, self.size, self.seed = cfg, size, seed
+        self.pre_process, self.post_process = pre_process, post_process
+        self.input_tensor = None
+        layer_ids = range(size.layers) if layer_ids is None else layer_ids
+        if pre_process:
+            if cfg.text_encoder == "learned":
+                if not vocab_size:
+                    raise ValueError("model.text_encoder=learned needs the tokenizer's vocab_size")
+                text = seeded(seed, "cond.text", lambda: TextEncoder(
+                    vocab_size, size.text_width, size.text_layers, size.text_heads, cfg.text_max_len))
+                text_dim = size.text_width
+            elif not text_dim:
+                raise ValueError("model.text_encoder=precomputed needs the data set's text_embedding dim")
+            else:
+                text = None
+            self.cond = seeded(seed, "cond", lambda: Conditioning(size.hidden, text_dim, text))
+        self.core = seeded(seed, "core", lambda: Core(
+            config, size.channels, cfg.core_grid, layer_ids, pre_process, post_process,
+            build_layer=lambda i: seeded(seed, f"core.layers.{i}", lambda: CoreLayer(config, i + 1))))
+        self.build_levels()
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Megatron's pipeline schedule hands a non-first stage its input here (a list of one)."""
+        self.input_tensor = input_tensor[0] if isinstance(input_tensor, (list, tuple)) else input_tensor
+
+    # Subclasses: build_levels(), encode(), decode(), skip_shapes().
+    def build_levels(self) -> None:
+        raise NotImplementedError
+
+    def embed(self, x_t: torch.Tensor, t: torch.Tensor, text: TextInput) -> StageState:
+        """First stage: noisy images (B, 3, R, R), times (B,), captions -> state before the core layers."""
+        cond, context, valid = self.cond(t, text)
+        h, skips = self.encode(x_t.to(cond.dtype), cond)
+        hidden, mod = self.core.embed(h, cond)
+        return StageState(hidden, mod, context, valid, cond, skips)
+
+    def run_layers(self, s: StageState) -> StageState:
+        """Any stage: apply the core layers this stage holds."""
+        s.hidden = self.core.run_layers(s.hidden, s.mod, s.context, s.context_valid)
+        return s
+
+    def finish(self, s: StageState) -> torch.Tensor:
+        """Last stage: state -> predicted v (B, 3, R, R)."""
+        return self.decode(self.core.head(s.hidden), s.skips, s.cond)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: TextInput) -> torch.Tensor:
+        """The whole model on one pipeline stage: (B, 3, R, R) noisy images -> (B, 3, R, R) v."""
+        return self.finish(self.run_layers(self.embed(x_t, t, text)))
+
+    def _seeded(self, name: str, build):
+        return seeded(self.seed, name, build)
+
+
+class ShallowUViT(UViT):
+    """Core pre-training model: the image reaches the core grid in one patchify convolution."""
+
+    def build_levels(self) -> None:
+        c, h, p = self.size.channels, self.size.hidden, self.patch
+        if self.pre_process:
+            self.stem = self._seeded("stem", lambda: nn.Conv2d(3, c, p, stride=p))
+            self.enc = self._seeded("enc", lambda: ResBlock(c, c, h, self.cfg.dropout))
+        if self.post_process:
+            self.dec = self._seeded("dec", lambda: ResBlock(2 * c, c, h, self.cfg.dropout))
+            self.head = self._seeded("head", lambda: nn.Sequential(
+                group_norm(c), nn.SiLU(), zero_(nn.Conv2d(c, 3 * p * p, 1))))
+
+    @property
+    def patch(self) -> int:
+        return self.cfg.resolution_px // self.cfg.core_grid
+
+    def skip_shapes(self) -> list[tuple[int, int]]:
+        """(channels, side) of each skip tensor."""
+        return [(self.size.channels, self.cfg.core_grid)]
+
+    def encode(self, x, cond):
+        h = self.enc(self.stem(x), cond)                 # (B, C, g, g)
+        return h, [h]
+
+    def decode(self, h, skips, cond):
+        h = self.dec(torch.cat([h, skips[0]], dim=1), cond)
+        return F.pixel_shuffle(self.head(h), self.patch)  # (B, 3, R, R)
+
+
+class GrownUViT(UViT):
+    """Growth-stage model: ResBlock levels from the target resolution down to the core grid and back."""
+
+    def build_levels(self) -> None:
+        cfg, size = self.cfg, self.size
+        ch, c, h, n, bpl = self.level_channels, size.channels, size.hidden, self.levels, cfg.blocks_per_level
+        inner = ch[1:] + [c]                              # channels after each level's down-sampling
+        if self.pre_process:
+            self.stem = self._seeded("stem", lambda: nn.Conv2d(3, ch[0], 3, padding=1))
+            self.enc = nn.ModuleList(self._seeded(f"enc.{i}", lambda i=i: nn.ModuleList(
+                ResBlock(ch[i], ch[i], h, cfg.dropout) for _ in range(bpl))) for i in range(n))
+            self.down = nn.ModuleList(self._seeded(f"down.{i}", lambda i=i: Downsample(ch[i], inner[i]))
+                                      for i in range(n))
+        if self.post_process:
+            self.mid = self._seeded("mid", lambda: ResBlock(2 * c, c, h, cfg.dropout))
+            self.up = nn.ModuleList(self._seeded(f"up.{i}", lambda i=i: Upsample(inner[i], ch[i])) for i in range(n))
+            self.dec = nn.ModuleList(self._seeded(f"dec.{i}", lambda i=i: nn.ModuleList(
+                ResBlock(2 * ch[i], ch[i], h, cfg.dropout) for _ in range(bpl + 1))) for i in range(n))
+            self.head = self._seeded("head", lambda: nn.Sequential(
+                group_norm(ch[0]), nn.SiLU(), zero_(nn.Conv2d(ch[0], 3, 3, padding=1))))
+
+    @property
+    def levels(self) -> int:
+        return (self.cfg.resolution_px // self.cfg.core_grid).bit_length() - 1
+
+    @property
+    def level_channels(self) -> list[int]:
+        return list(self.cfg.level_channels) or default_level_channels(self.size, self.levels)
+
+    def skip_shapes(self) -> list[tuple[int, int]]:
+        """(channels, side) of each skip tensor: bpl+1 per level, then the core input."""
+        shapes = []
+        for i, c in enumerate(self.level_channels):
+            shapes += [(c, self.cfg.resolution_px >> i)] * (self.cfg.blocks_per_level + 1)
+        return shapes + [(self.size.channels, self.cfg.core_grid)]
+
+    def encode(self, x, cond):
+        h = self.stem(x)
+        skips = []
+        for blocks, down in zip(self.enc, self.down):
+            skips.append(h)
+            for block in blocks:
+                h = block(h, cond)
+                skips.append(h)
+            h = down(h)
+        skips.append(h)                                   # long skip around the core
+        return h, skips
+
+    def decode(self, h, skips, cond):
+        skips = list(skips)
+        h = self.mid(torch.cat([h, skips.pop()], dim=1), cond)
+        for i in reversed(range(self.levels)):
+            h = self.up[i](h)
+            for block in self.dec[i]:
+                h = block(torch.cat([h, skips.pop()], dim=1), cond)
+        return self.head(h)
+
+
+def build_model(cfg: ModelConfig, **kwargs) -> UViT:
+    """Build the model of `cfg.arch` (see UViT for the keyword arguments)."""
+    cls = ShallowUViT if cfg.arch == "shallow" else GrownUViT
+    return cls(cfg, **kwargs)

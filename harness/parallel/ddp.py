@@ -1,0 +1,82 @@
+"""Apply a layout to a built model: Megatron DDP (optionally its distributed optimizer), the
+optimizer and the learning-rate schedule. The model's math knows none of this."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from harness.config import RunConfig
+from harness.model.uvit import UViT
+
+
+def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
+    """Wrap the stage's model in Megatron DDP (contiguous fp32 grad buffers; frozen params excluded)."""
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer, check_for_nan_in_grad=True)
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    ddp.broadcast_params()
+    # The schedules call these: DP gradient all-reduce after the last micro-batch, no sync before.
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.no_sync_func = ddp.no_sync
+    return ddp
+
+
+def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig, total_steps: int):
+    """Megatron's (distributed) AdamW with gradient clipping, and warm-up + cosine LR schedule."""
+    o = cfg.optim
+    bf16 = cfg.train.precision == "bf16"
+    opt_config = OptimizerConfig(
+        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
+        adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+    optimizer = get_megatron_optimizer(opt_config, [ddp])
+    for inner in _torch_optimizers(optimizer):
+        # Megatron builds torch.optim.AdamW without `fused`; the fused kernel is faster and
+        # computes the same update (tests/unit/test_train.py checks it).
+        for group in inner.param_groups:
+            group["fused"], group["foreach"] = True, False
+    model = ddp.module
+    model.config.grad_scale_func = optimizer.scale_loss
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.warmup_steps,
+        lr_decay_steps=max(total_steps, o.warmup_steps + 1), lr_decay_style="cosine",
+        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=total_steps, wd_incr_style="constant")
+    return optimizer, scheduler
+
+
+def _torch_optimizers(optimizer):
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [opt.optimizer for opt in chained if getattr(opt, "optimizer", None) is not None]
+
+
+def _keep_adam_step_out_of_reshard_load() -> None:
+    """Work around a Megatron-core 0.16.1 bug when the distributed optimizer wraps torch's AdamW.
+
+    Loading `fully_reshardable` optimizer state copies every per-parameter state tensor from the
+    checkpoint, but it skips torch's per-parameter "step" on the source side and not on the
+    destination side (`_set_main_param_and_optimizer_states`): KeyError 'step'. With Apex or
+    Transformer Engine optimizers there is no per-parameter step, so only CPU and Apex-less runs
+    hit it. The step itself is restored from the param groups by `load_state_dict` before this.
+    """
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None) if "step" not in tensors else None
+        try:
+            original(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+
+
+_keep_adam_step_out_of_reshard_load()

@@ -1,0 +1,68 @@
+"""The parallel layout: Megatron's TP/PP/DP process groups and this rank's place in them.
+
+A frozen `Layout` is built once after launch and passed explicitly below the train loop; nothing
+under harness/ looks process groups up by itself except through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from harness.dist import cpu_compat
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    rank: int
+    world: int
+    tp_group: object = field(default=None, compare=False, repr=False)
+    pp_group: object = field(default=None, compare=False, repr=False)
+    dp_group: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    def describe(self) -> dict:
+        """Sizes and ranks as plain values (for meta.json and logs)."""
+        return {k: getattr(self, k) for k in ("tp", "pp", "dp", "tp_rank", "pp_rank", "dp_rank", "rank", "world")}
+
+
+def initialize_layout(tp: int, pp: int, seed: int = 0) -> Layout:
+    """Create Megatron's process groups for (tp, pp) over the initialised world; return the Layout."""
+    cpu_compat.apply()
+    world = dist.get_world_size()
+    if world % (tp * pp):
+        raise ValueError(f"parallel.tp * parallel.pp = {tp * pp} does not divide the world size {world}")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    model_parallel_cuda_manual_seed(seed)
+    return Layout(
+        tp=tp, pp=pp, dp=parallel_state.get_data_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(), rank=dist.get_rank(), world=world,
+        tp_group=parallel_state.get_tensor_model_parallel_group(),
+        pp_group=parallel_state.get_pipeline_model_parallel_group(),
+        dp_group=parallel_state.get_data_parallel_group())
+
+
+def device() -> torch.device:
+    """The device this rank computes on."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -1,0 +1,95 @@
+"""What a training checkpoint holds, and putting it back: model, EMA, optimizer, schedule, position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.checkpoint import io
+from harness.checkpoint.sharded import model_sharded_state_dict, plain_state_dict, with_prefix
+from harness.config import RunConfig, to_dict
+from harness.parallel.layout import Layout
+from harness.train.ema import EMA
+
+
+@dataclass
+class TrainState:
+    """Progress of a stage; with the config and seed it determines the rest of the run."""
+
+    step: int = 0
+    consumed_samples: int = 0
+    lineage: list[dict] = field(default_factory=list)
+
+
+def _sharded(model, ema: EMA | None, optimizer=None, is_loading: bool = False) -> dict:
+    base = model_sharded_state_dict(model)
+    state = {"model": with_prefix(base, "model.")}
+    if ema is not None:
+        state["ema"] = with_prefix(base, "ema.", ema.shadow)
+    if optimizer is not None:
+        if is_loading:
+            _materialise_state(optimizer)
+        # `fully_reshardable`: optimizer state in model space, loadable at any (TP, PP, DP).
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state["model"], is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+    return state
+
+
+def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema: EMA, optimizer,
+         scheduler, frozen: list[str]) -> Path:
+    """Collectively write a complete training checkpoint of this step."""
+    meta = {
+        "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
+        "config": to_dict(cfg), "layout": {k: v for k, v in layout.describe().items() if not k.endswith("rank")},
+        "scheduler": scheduler.state_dict(), "frozen": frozen, "lineage": state.lineage,
+    }
+    return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints)
+
+
+def restore(ckpt_dir: Path, model, ema: EMA, optimizer, scheduler, *, with_optimizer: bool = True) -> TrainState:
+    """Load a checkpoint into this rank's model (and EMA, optimizer, schedule); return its TrainState."""
+    meta = io.read_meta(ckpt_dir)
+    families = ("model.", "ema.") + (("optimizer.",) if with_optimizer else ())
+    request = _sharded(model, ema, optimizer if with_optimizer else None, is_loading=True)
+    loaded = io.load(ckpt_dir, request, families)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in plain_state_dict(loaded["model"]).items()},
+                          strict=True)
+    for key, tensor in plain_state_dict(loaded["ema"]).items():
+        ema.shadow[key.removeprefix("ema.")].copy_(tensor)
+    if with_optimizer:
+        optimizer.load_state_dict(loaded["optimizer"])
+        _unshare_steps(optimizer)
+        scheduler.load_state_dict(meta["scheduler"])
+    return TrainState(step=meta["step"], consumed_samples=meta["consumed_samples"], lineage=meta.get("lineage", []))
+
+
+def _materialise_state(optimizer) -> None:
+    """Create the (empty) Adam state before loading into it: torch's AdamW makes its state lazily at
+    the first step, and Megatron's distributed optimizer needs it to describe what it loads. A step
+    with zero gradients at lr 0 creates it without changing any weight; the load then overwrites it."""
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = chained.optimizer
+        if inner.state:
+            continue
+        saved = [group["lr"] for group in inner.param_groups]
+        for group in inner.param_groups:
+            group["lr"] = 0.0
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        inner.step()
+        for group, lr in zip(inner.param_groups, saved):
+            group["lr"] = lr
+            for p in group["params"]:
+                p.grad = None
+
+
+def _unshare_steps(optimizer) -> None:
+    """Megatron's distributed optimizer restores torch Adam's per-parameter "step" as one tensor
+    object shared by all parameters; the fused/foreach kernels increment each parameter's step in
+    place, so a shared one would advance once per parameter per update. Give each its own copy."""
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for state in chained.optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].clone()

@@ -1,0 +1,43 @@
+"""Exponential moving average of the weights (sampling uses it), kept in fp32."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Shadow copies of a model's parameters, updated after each optimizer step.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) at update n, so a short run's average
+    is not dominated by the initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, num_updates: int) -> None:
+        """Fold the current weights in; `num_updates` counts updates before this one."""
+        decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """Run a block with the averaged weights in the model, restoring the trained ones after."""
+        params = dict(model.named_parameters())
+        backup = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(backup[name])

@@ -1,0 +1,153 @@
+"""The training loop of one stage, as a short story of calls.
+
+    harness-train --config configs/demo/core.yaml train.steps=200
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from harness.checkpoint import io
+from harness.config import RunConfig, validate_world
+from harness.data.reader import ShardedReader, rank_positions
+from harness.data.text import TextSource
+from harness.dist.launch import init_distributed
+from harness.eval.grid import save_grid
+from harness.eval.sampling import sample_captions
+from harness.growth.rules import freeze_for_stage
+from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.parallel.layout import Layout, device, initialize_layout
+from harness.parallel.pipeline import build_stage, pack_spec
+from harness.train import checkpointing
+from harness.train.checkpointing import TrainState
+from harness.train.ema import EMA
+from harness.train.logging import StepLogger, plot_loss_curve
+from harness.train.step import MicroBatch, StepRunner
+
+
+def prepare_run_dir(run_dir: Path, rank: int) -> None:
+    """Create the run directory (rank 0) or fail at once with a one-line reason."""
+    if rank == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / f".write-test-{rank}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise SystemExit(f"train.run_dir {run_dir}: not writable ({e.strerror})") from None
+
+
+def microbatches(reader: ShardedReader, text: TextSource, cfg: RunConfig, layout: Layout, dev) -> list[MicroBatch]:
+    """This rank's slice of the next global batch, split into micro-batches."""
+    positions = list(rank_positions(reader.consumed_samples, cfg.parallel.global_batch, layout.dp_rank, layout.dp))
+    batch = reader.next_batch()
+    x0 = batch.images.to(dev, torch.float32) / 127.5 - 1.0
+    captions = text.encode(batch, dev)
+    m = cfg.parallel.micro_batch
+    out = []
+    for i in range(0, len(positions), m):
+        sl = slice(i, i + m)
+        tokens = captions.tokens[sl] if captions.tokens is not None else None
+        emb = captions.emb[sl] if captions.emb is not None else None
+        out.append(MicroBatch(x0[sl], type(captions)(lengths=captions.lengths[sl], tokens=tokens, emb=emb),
+                              positions[sl]))
+    return out
+
+
+def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource, layout: Layout, dev) -> None:
+    """A grid of held-out captions: the real images and samples from the EMA weights."""
+    if layout.pp > 1:
+        if layout.rank == 0:
+            print(f"sample grid skipped at pp={layout.pp}: sample from a checkpoint with tools/sample.py", flush=True)
+        return
+    with ShardedReader(cfg.data.heldout_path, resolution_px=cfg.model.resolution_px, global_batch=1,
+                       verify_checksums=False) as heldout:
+        idx = np.linspace(0, len(heldout) - 1, cfg.train.num_samples).round().astype(int)
+        batch = heldout.read(idx)
+    with ema.applied(model):
+        images = sample_captions(model, cfg, text.encode(batch, dev), list(range(len(idx))), seed=cfg.train.seed)
+    if layout.rank == 0:
+        real = batch.images.float() / 127.5 - 1.0
+        save_grid(path, [real, images], batch.captions, ["held-out", "sampled"])
+
+
+def _agree(flag: bool) -> bool:
+    """True on every rank if it is true on any (stop decisions must be collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run (or resume) one stage; returns the path of its last checkpoint."""
+    info = init_distributed()
+    validate_world(cfg, info.world_size)
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
+    run_dir = Path(cfg.train.run_dir)
+    prepare_run_dir(run_dir, layout.rank)
+    dev = device()
+
+    text = TextSource(cfg)
+    model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=dev)
+    frozen = freeze_for_stage(model, cfg.train.stage)
+    ddp = wrap_ddp(model, cfg)
+    optimizer, scheduler = build_optimizer(ddp, cfg, cfg.train.steps)
+    ema = EMA(model, cfg.optim.ema_decay)
+
+    state = TrainState()
+    resume = io.latest_checkpoint(run_dir)
+    if resume is not None:
+        state = checkpointing.restore(resume, model, ema, optimizer, scheduler)
+    elif cfg.train.init_from:
+        source = io.resolve(cfg.train.init_from)
+        state = checkpointing.restore(source, model, ema, optimizer, scheduler, with_optimizer=False)
+        state = TrainState(lineage=state.lineage + [{"checkpoint": str(source), "step": state.step}])
+    if layout.rank == 0:
+        where = f"resumed from {resume}" if resume else f"initialised from {cfg.train.init_from}" if cfg.train.init_from else "from scratch"
+        print(f"stage {cfg.train.stage}: {sum(p.numel() for p in model.parameters()):,} parameters on rank 0 "
+              f"({len(frozen)} frozen tensors), layout tp={layout.tp} pp={layout.pp} dp={layout.dp}, {where}", flush=True)
+
+    needs_data = layout.is_first_stage or layout.is_last_stage
+    reader = ShardedReader(cfg.data.path, resolution_px=cfg.model.resolution_px, global_batch=cfg.parallel.global_batch,
+                           dp_rank=layout.dp_rank, dp=layout.dp, seed=cfg.data.seed,
+                           consumed_samples=state.consumed_samples,
+                           verify_checksums=cfg.data.verify_checksums) if needs_data else None
+    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    num_micro = cfg.parallel.global_batch // (cfg.parallel.micro_batch * layout.dp)
+    logger = StepLogger(run_dir, total_steps=cfg.train.steps, global_batch=cfg.parallel.global_batch,
+                        time_limit_s=cfg.train.time_limit_minutes * 60, enabled=layout.rank == 0)
+    save = lambda: checkpointing.save(run_dir, cfg, layout, state, model, ema, optimizer, scheduler, frozen)  # noqa: E731
+    start = time.perf_counter()
+    t = cfg.train
+
+    while state.step < t.steps:
+        mbs = microbatches(reader, text, cfg, layout, dev) if reader is not None else None
+        metrics = runner.train_step(mbs, num_micro)
+        ema.update(model, state.step)
+        state.step += 1
+        state.consumed_samples += cfg.parallel.global_batch
+        logger.record(state.step, metrics, t.log_every_steps)
+        if t.sample_every_steps and state.step % t.sample_every_steps == 0 and state.step < t.steps:
+            write_samples(run_dir / f"samples_step{state.step:07d}.png", model, ema, cfg, text, layout, dev)
+        out_of_time = _agree(bool(t.time_limit_minutes) and time.perf_counter() - start > t.time_limit_minutes * 60)
+        if state.step % t.ckpt_every_steps == 0 or out_of_time:
+            save()
+        if out_of_time:
+            if layout.rank == 0:
+                print(f"time limit of {t.time_limit_minutes} min reached at step {state.step}", flush=True)
+            break
+
+    last = save()
+    write_samples(run_dir / "samples.png", model, ema, cfg, text, layout, dev)
+    if layout.rank == 0:
+        plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png", f"{t.stage} ({cfg.model.size}, {cfg.model.resolution_px}px)")
+        print(f"done: {last}", flush=True)
+    return last

@@ -1,0 +1,95 @@
+"""One optimizer step through Megatron's schedule, the same code for every (TP, PP, DP) layout.
+
+Megatron's `get_forward_backward_func()` runs the micro-batches (1F1B across pipeline stages, or
+plain gradient accumulation with PP=1), calls `forward_step` for each, back-propagates, and the
+DDP hooks reduce gradients over data-parallel ranks. The first stage embeds; middle stages run
+core layers on the packed state they receive; the last stage decodes and computes the v loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from harness.config import RunConfig
+from harness.diffusion.objective import diffuse, draw, v_loss, v_target
+from harness.diffusion.schedule import Schedule
+from harness.model.conditioning import TextInput
+from harness.parallel.layout import Layout
+from harness.parallel.pipeline import PackSpec, pack, unpack
+
+
+@dataclass
+class MicroBatch:
+    """Inputs of one micro-batch on one data-parallel rank."""
+
+    x0: torch.Tensor          # (B, 3, R, R) images in [-1, 1]
+    text: TextInput | None    # captions (first stage only)
+    positions: list[int]      # stream positions: they seed each sample's noise, time and caption drop
+
+
+def _loss_func(target: torch.Tensor, v: torch.Tensor):
+    loss = v_loss(v, target).mean()
+    # Megatron divides the returned loss by the number of micro-batches in place: report a copy.
+    return loss, {"loss": loss.detach().clone()}
+
+
+class StepRunner:
+    """Runs forward/backward over a step's micro-batches and the optimizer update."""
+
+    def __init__(self, ddp, optimizer, scheduler, cfg: RunConfig, layout: Layout, spec: PackSpec):
+        self.ddp, self.optimizer, self.scheduler = ddp, optimizer, scheduler
+        self.cfg, self.layout, self.spec = cfg, layout, spec
+        self.schedule = Schedule(cfg.model.resolution_px, cfg.diffusion.base_resolution_px,
+                                 cfg.diffusion.logsnr_min, cfg.diffusion.logsnr_max)
+        self.forward_backward = get_forward_backward_func()
+
+    def forward_step(self, data_iterator, model):
+        """Megatron's forward_step_func: this stage's part of the model on the next micro-batch."""
+        stage = model.module
+        mb = next(data_iterator) if data_iterator is not None else None
+        if mb is not None:
+            d = draw(mb.positions, tuple(mb.x0.shape[1:]), self.cfg.train.seed, self.cfg.diffusion.caption_drop_prob)
+            device = mb.x0.device
+            t, noise, logsnr = d.t.to(device), d.noise.to(device), self.schedule.logsnr(d.t).to(device)
+        if self.layout.is_first_stage:
+            z = diffuse(mb.x0, noise, logsnr)
+            state = stage.embed(z, t, dataclasses.replace(mb.text, drop=d.drop.to(device)))
+        else:
+            state = unpack(stage.input_tensor, self.spec)
+        state = stage.run_layers(state)
+        if not self.layout.is_last_stage:
+            return pack(state, self.spec), None
+        return stage.finish(state), functools.partial(_loss_func, v_target(mb.x0, noise, logsnr))
+
+    def train_step(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> dict:
+        """Forward, backward and update over this rank's micro-batches; returns loss, grad norm, lr."""
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = self.forward_backward(
+            forward_step_func=self.forward_step,
+            data_iterator=iter(microbatches) if microbatches is not None else None,
+            model=[self.ddp], num_microbatches=num_microbatches, seq_length=self.spec.rows(),
+            micro_batch_size=self.cfg.parallel.micro_batch, forward_only=False)
+        _, grad_norm, _ = self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step(increment=1)
+        return {"loss": self._global_mean_loss(losses), "grad_norm": float(grad_norm or 0.0), "lr": lr}
+
+    def _global_mean_loss(self, losses: list[dict]) -> float:
+        """Mean loss over the global batch, on every rank (only last-stage ranks computed it)."""
+        local = torch.stack([x["loss"] for x in losses]).mean() if losses else torch.zeros(())
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return float(local)
+        total = local.detach().float().reshape(1).to(self.device)
+        dist.all_reduce(total)
+        return float(total) / (self.layout.dp * self.layout.tp)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.ddp.module.parameters()).device
