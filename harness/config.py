@@ -87,6 +87,8 @@ class OptimConfig:
     """Learning rate at the end of the cosine decay."""
     warmup_steps: int = 100
     """Linear warm-up steps."""
+    decay_steps: int = 0
+    """Steps of the cosine decay to min_lr (0: train.steps)."""
     weight_decay: float = 0.0
     """Decoupled (AdamW) weight decay."""
     beta1: float = 0.9
@@ -167,6 +169,11 @@ def _check_type(key: str, value, annotation):
         return [_check_type(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)           # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            pass
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if annotation in (int, float) and isinstance(value, bool):
@@ -301,6 +308,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _require(o.lr > 0 and 0 <= o.min_lr <= o.lr, source, "optim.min_lr", "must satisfy 0 <= min_lr <= lr, lr > 0")
     _require(0.0 <= o.ema_decay < 1.0, source, "optim.ema_decay", "must be in [0, 1)")
     _require(o.warmup_steps >= 0, source, "optim.warmup_steps", "must be >= 0")
+    _require(o.decay_steps >= 0, source, "optim.decay_steps", "must be >= 0")
     _require(p.tp >= 1 and p.pp >= 1, source, "parallel.tp", "and parallel.pp must be >= 1")
     _require(p.micro_batch >= 1, source, "parallel.micro_batch", "must be >= 1")
     _require(p.global_batch % p.micro_batch == 0, source, "parallel.global_batch",

@@ -54,9 +54,11 @@ def with_prefix(sharded: dict[str, ShardedTensor], prefix: str,
                 tensors: dict[str, torch.Tensor] | None = None) -> dict[str, ShardedTensor]:
     """The same sharding under `prefix` + key, optionally for other tensors of the same shapes
     (the EMA weights are saved exactly like the weights they average)."""
-    return {prefix + key: dataclasses.replace(sh, key=prefix + sh.key,
-                                              data=sh.data if tensors is None else tensors[key])
-            for key, sh in sharded.items()}
+    out = {}
+    for key, sh in sharded.items():
+        data = sh.data if tensors is None else tensors[key]
+        out[prefix + key] = dataclasses.replace(sh, key=prefix + sh.key, data=data, dtype=data.dtype)
+    return out
 
 
 def plain_state_dict(loaded: dict) -> dict[str, torch.Tensor]:

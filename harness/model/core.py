@@ -24,6 +24,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
 from harness.model.blocks import sincos_2d
+from harness.model.init import seeded
 
 
 class SDPAttention(MegatronModule):
@@ -100,23 +101,23 @@ class Core(MegatronModule):
 
     `layer_ids` are the global indices of the layers this pipeline stage holds; `pre_process`
     builds the input projection and the modulation, `post_process` the output projection.
-    `build_layer(i)` lets the caller seed each layer's initialisation by its global index.
+    Each part is initialised from (seed, its name), so a stage's weights equal the whole core's.
     """
 
     def __init__(self, config: TransformerConfig, channels: int, grid: int, layer_ids: range,
-                 pre_process: bool = True, post_process: bool = True, build_layer=None):
+                 pre_process: bool = True, post_process: bool = True, seed: int = 0):
         super().__init__(config=config)
         h = config.hidden_size
         self.grid, self.channels = grid, channels
         self.register_buffer("pos_emb", sincos_2d(grid, h), persistent=False)   # (N, H)
-        build_layer = build_layer or (lambda i: CoreLayer(config, layer_number=i + 1))
-        self.layers = nn.ModuleDict({str(i): build_layer(i) for i in layer_ids})
+        self.layers = nn.ModuleDict({str(i): seeded(seed, f"core.layers.{i}", lambda i=i: CoreLayer(config, i + 1))
+                                     for i in layer_ids})
         if pre_process:
-            self.proj_in = nn.Linear(channels, h)
-            self.mod_proj = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
+            self.proj_in = seeded(seed, "core.proj_in", lambda: nn.Linear(channels, h))
+            self.mod_proj = seeded(seed, "core.mod_proj", lambda: nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h)))
         if post_process:
             self.norm_out = nn.LayerNorm(h, eps=1e-6)
-            self.proj_out = nn.Linear(h, channels)
+            self.proj_out = seeded(seed, "core.proj_out", lambda: nn.Linear(h, channels))
 
     def embed(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, g, g), cond (B, H) -> hidden (N, B, H), mod (B, 6, H)."""

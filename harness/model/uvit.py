@@ -14,7 +14,6 @@ its part; `StageState` is what flows between the parts.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,8 @@ from torch import nn
 from harness.config import ModelConfig
 from harness.model.blocks import Downsample, ResBlock, Upsample, group_norm, zero_
 from harness.model.conditioning import Conditioning, TextEncoder, TextInput
-from harness.model.core import Core, CoreLayer, core_transformer_config
+from harness.model.core import Core, core_transformer_config
+from harness.model.init import seeded
 from harness.model.sizes import MODEL_SIZES, default_level_channels
 
 @dataclass
@@ -39,18 +39,6 @@ class StageState:
     context_valid: torch.Tensor   # (B, L) bool
     cond: torch.Tensor            # (B, H) conditioning vector of the ResBlocks
     skips: list[torch.Tensor]     # encoder activations the decoder consumes, in encoder order
-
-
-def derived_seed(seed: int, name: str) -> int:
-    """A seed for one module from the run seed and the module's name (layout-independent init)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
-
-
-def seeded(seed: int, name: str, build):
-    """Build a module with the CPU RNG seeded by (seed, name), leaving the global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed, name))
-        return build()
 
 
 class UViT(MegatronModule):
@@ -80,9 +68,7 @@ class UViT(MegatronModule):
             else:
                 text = None
             self.cond = seeded(seed, "cond", lambda: Conditioning(size.hidden, text_dim, text))
-        self.core = seeded(seed, "core", lambda: Core(
-            config, size.channels, cfg.core_grid, layer_ids, pre_process, post_process,
-            build_layer=lambda i: seeded(seed, f"core.layers.{i}", lambda: CoreLayer(config, i + 1))))
+        self.core = Core(config, size.channels, cfg.core_grid, layer_ids, pre_process, post_process, seed=seed)
         self.build_levels()
 
     def set_input_tensor(self, input_tensor) -> None:

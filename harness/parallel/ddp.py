@@ -26,7 +26,7 @@ def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
     return ddp
 
 
-def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig, total_steps: int):
+def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig):
     """Megatron's (distributed) AdamW with gradient clipping, and warm-up + cosine LR schedule."""
     o = cfg.optim
     bf16 = cfg.train.precision == "bf16"
@@ -36,6 +36,7 @@ def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig, total_steps: i
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer)
     optimizer = get_megatron_optimizer(opt_config, [ddp])
+    decay_steps = o.decay_steps or cfg.train.steps
     for inner in _torch_optimizers(optimizer):
         # Megatron builds torch.optim.AdamW without `fused`; the fused kernel is faster and
         # computes the same update (tests/unit/test_train.py checks it).
@@ -45,8 +46,8 @@ def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig, total_steps: i
     model.config.grad_scale_func = optimizer.scale_loss
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.warmup_steps,
-        lr_decay_steps=max(total_steps, o.warmup_steps + 1), lr_decay_style="cosine",
-        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=total_steps, wd_incr_style="constant")
+        lr_decay_steps=max(decay_steps, o.warmup_steps + 1), lr_decay_style="cosine",
+        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=decay_steps, wd_incr_style="constant")
     return optimizer, scheduler
 
 

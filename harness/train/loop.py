@@ -99,7 +99,7 @@ def train(cfg: RunConfig) -> Path:
     model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=dev)
     frozen = freeze_for_stage(model, cfg.train.stage)
     ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg, cfg.train.steps)
+    optimizer, scheduler = build_optimizer(ddp, cfg)
     ema = EMA(model, cfg.optim.ema_decay)
 
     state = TrainState()

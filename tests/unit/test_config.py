@@ -1,0 +1,66 @@
+"""Config schema: YAML + overrides, and one-line errors that name the key before any compute."""
+
+import pytest
+
+from harness.config import ConfigError, load, parse_override, validate_world
+
+
+def test_defaults_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  size: tiny\ntrain:\n  steps: 7\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\ntrain:\n  run_dir: runs/x\n")
+    cfg = load(child, ["train.steps=9", "optim.lr=1e-3", "model.level_channels=[8, 16]"])
+    assert cfg.model.size == "tiny" and cfg.train.steps == 9 and cfg.train.run_dir == "runs/x"
+    assert cfg.optim.lr == 1e-3 and cfg.model.level_channels == [8, 16]
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.hiden=3"], "unknown key model.hiden"),
+    (["trian.steps=3"], "unknown key trian"),
+    (["train.steps=many"], "train.steps: expected int"),
+    (["train.steps=0"], "train.steps must be >= 1"),
+    (["model.size=huge"], "model.size must be one of"),
+    (["parallel.tp=3", "model.size=tiny"], "parallel.tp (3) must divide the core's 2 attention heads"),
+    (["parallel.pp=3", "model.size=tiny"], "parallel.pp (3) cannot exceed the core's 2 layers"),
+    (["parallel.global_batch=10", "parallel.micro_batch=4"], "parallel.global_batch (10) must be a multiple"),
+    (["model.resolution_px=100"], "model.resolution_px"),
+    (["train.stage=grow-frozen"], "does not fit model.arch 'shallow'"),
+    (["train.verify=1"], "unknown key train.verify"),
+    (["data.verify_checksums=3"], "expected true or false"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load(None, override)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key optim.lrr \(did you mean optim.lr\?\)"):
+        load(typo)
+
+
+def test_layout_must_divide_world():
+    cfg = load(None, ["model.size=tiny", "parallel.tp=2", "parallel.global_batch=8", "parallel.micro_batch=4"])
+    assert validate_world(cfg, 4) == 2
+    with pytest.raises(ConfigError, match="does not divide the world size 3"):
+        validate_world(cfg, 3)
+    with pytest.raises(ConfigError, match="multiple of parallel.micro_batch \\* dp"):
+        validate_world(cfg, 8)
+
+
+def test_repository_configs_validate():
+    from pathlib import Path
+    configs = sorted(Path(__file__).parents[2].joinpath("configs").rglob("*.yaml"))
+    assert configs, "no configs found"
+    for path in configs:
+        load(path)
