@@ -1,4 +1,4 @@
-"""The real demo data: fetch metadata, split, and shards of the held-out split (needs the npm package fetched)."""
+"""The data tools on real files: an image folder + CSV, and the demo data (fetched npm package) when present."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from harness.data.reader import ShardedReader
 
 REPO = Path(__file__).resolve().parents[2]
 RAW = REPO / "data" / "raw"
 
-pytestmark = pytest.mark.skipif(not (RAW / "fluent-emoji-3d").is_dir(),
-                                reason="demo data not fetched: run tools/fetch_demo_data.py --out data/raw")
+needs_demo_data = pytest.mark.skipif(not (RAW / "fluent-emoji-3d").is_dir(),
+                                     reason="demo data not fetched: run tools/fetch_demo_data.py --out data/raw")
 
 
 def _tool(name: str):
@@ -25,6 +27,7 @@ def _tool(name: str):
     return module
 
 
+@needs_demo_data
 def test_fetch_counts_and_split():
     fetch = _tool("fetch_demo_data")
     counts = fetch.main(["--out", str(RAW)])  # already extracted: only rewrites metadata.jsonl
@@ -42,6 +45,7 @@ def test_fetch_counts_and_split():
     assert fetch.caption_of("1f9a4") == "dodo"
 
 
+@needs_demo_data
 def test_make_shards_heldout(tmp_path):
     out = tmp_path / "heldout"
     metadata = RAW / "fluent-emoji-3d" / "metadata.jsonl"
@@ -56,3 +60,26 @@ def test_make_shards_heldout(tmp_path):
     assert all(rows[i]["caption"] == c for i, c in zip(batch.ids, batch.captions))
     # Emoji on a white background: the corners are white, the centre is not.
     assert (batch.images[:, :, 0, 0] == 255).all() and (batch.images[:, :, 12:20, 12:20] < 250).any()
+
+
+def test_make_shards_from_a_csv(tmp_path):
+    # 60x30 RGBA: a transparent left third, an opaque red middle third, a half-transparent blue right third.
+    rgba = np.zeros((30, 60, 4), np.uint8)
+    rgba[:, 20:40] = (255, 0, 0, 255)
+    rgba[:, 40:] = (0, 0, 255, 128)
+    (tmp_path / "img" / "sub").mkdir(parents=True)
+    Image.fromarray(rgba).save(tmp_path / "img" / "sub" / "a.png")
+    Image.fromarray(rgba[:, ::-1].copy()).save(tmp_path / "img" / "b.png")
+    (tmp_path / "captions.csv").write_text('file,caption\nsub/a.png,"red, then blue"\nb.png,café\n', encoding="utf-8")
+    manifest = _tool("make_shards").main(["--images-root", str(tmp_path / "img"), "--captions",
+                                          str(tmp_path / "captions.csv"), "--out", str(tmp_path / "ds"),
+                                          "--resolution", "10", "--compression", "gzip"])
+    assert manifest.num_samples == 2 and manifest.compression == "gzip"
+    with ShardedReader(tmp_path / "ds", resolution_px=10, global_batch=1) as reader:
+        batch = reader.read([0, 1])
+    assert batch.ids == ["sub/a", "b"] and batch.captions == ["red, then blue", "café"]
+    # The centre crop (columns 15..44) shrunk 3x by area, pixel k = columns 15+3k..17+3k:
+    # white | 2 white + 1 red | red x6 | 1 red + 2 half blue on white | half blue on white.
+    row = batch.images[0, :, 5].T.tolist()  # (10 px, RGB) along the middle row
+    assert row == [[255, 255, 255], [255, 170, 170]] + [[255, 0, 0]] * 6 + [[170, 85, 170], [127, 127, 255]]
+    assert batch.images[1, :, 5].T.tolist() == row[::-1]

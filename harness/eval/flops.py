@@ -1,0 +1,49 @@
+"""Counting FLOPs of a training step and measuring this machine's matrix-multiply rate.
+
+torch's FlopCounterMode has no formula for the CPU flash-attention kernels that
+scaled_dot_product_attention dispatches to, and would count attention as 0 FLOPs; the formulas
+of the CUDA kernels (same math) are registered for them here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+_aten = torch.ops.aten
+
+
+@register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
+def _cpu_flash_forward(query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+@register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)
+def _cpu_flash_backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+def count_flops(fn) -> int:
+    """FLOPs (multiply-add = 2) of everything `fn()` runs, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_tflops(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0,
+                  device: str | torch.device = "cpu") -> float:
+    """Measured dense (n x n) @ (n x n) rate in TFLOP/s under the current matmul precision setting."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12

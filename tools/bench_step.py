@@ -1,0 +1,115 @@
+"""Training-step throughput: images/s and achieved FLOP/s as a fraction of the measured matmul rate.
+
+    python tools/bench_step.py [--steps 6] [--json bench_step.json]
+
+In one process it measures (1) this machine's dense matrix-multiply rate per precision, (2) the full
+training step of the `small` Shallow-UViT at 64 px (batch 32: forward, backward, Megatron DDP and
+optimizer) and (3) the core alone at hidden 1024 on 256 tokens (forward + backward), each in fp32
+(matmul precision "medium") and bf16 (Megatron bf16 weights, fp32 main weights). FLOPs are counted
+by torch's FlopCounterMode (attention included); a rate is stated against the matmul rate of the
+same precision, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from harness.config import load
+from harness.dist.launch import init_distributed
+from harness.eval.flops import count_flops, matmul_tflops
+from harness.model.conditioning import TextInput
+from harness.model.core import Core, core_transformer_config
+from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.parallel.layout import device, initialize_layout
+from harness.parallel.pipeline import build_stage, pack_spec
+from harness.train.step import MicroBatch, StepRunner
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _timed(fn, steps: int) -> float:
+    fn()                                            # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def bench_train_step(precision: str, steps: int, batch: int = 32, size: str = "small", res: int = 64) -> dict:
+    """One full harness training step (Megatron schedule, DDP, optimizer) on random data."""
+    cfg = load(None, [f"model.size={size}", f"model.resolution_px={res}", f"parallel.micro_batch={batch}",
+                      f"parallel.global_batch={batch}", f"train.precision={precision}", "train.matmul_precision=medium"])
+    layout = initialize_layout(1, 1)
+    dev = device()
+    model = build_stage(cfg, layout, vocab_size=1000, text_dim=None, device=dev)
+    ddp = wrap_ddp(model, cfg)
+    optimizer, scheduler = build_optimizer(ddp, cfg)
+    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    g = torch.Generator().manual_seed(0)
+    mb = MicroBatch(torch.rand(batch, 3, res, res, generator=g).to(dev) * 2 - 1,
+                    TextInput(lengths=torch.full((batch,), 8).to(dev), tokens=torch.randint(3, 1000, (batch, 16), generator=g).to(dev)),
+                    list(range(batch)))
+    step = lambda: runner.train_step([mb], 1)  # noqa: E731
+    flops = count_flops(step)
+    seconds = _timed(step, steps)
+    return {"what": f"{size} {res}px train step, batch {batch}", "precision": precision,
+            "params": sum(p.numel() for p in model.parameters()), "seconds_per_step": seconds,
+            "images_per_s": batch / seconds, "tflop_per_step": flops / 1e12, "tflops": flops / seconds / 1e12}
+
+
+def bench_core(precision: str, steps: int, hidden: int = 1024, layers: int = 2, batch: int = 8, grid: int = 16) -> dict:
+    """The core alone (Megatron layers) at `hidden` on grid*grid tokens: forward + backward."""
+    initialize_layout(1, 1)
+    dtype, dev = PRECISIONS[precision], device()
+    config = core_transformer_config(hidden=hidden, layers=layers, heads=hidden // 64, dtype=dtype)
+    core = Core(config, channels=hidden, grid=grid, layer_ids=range(layers)).to(dev, dtype)
+    x = torch.randn(batch, hidden, grid, grid, device=dev, dtype=dtype)
+    cond = torch.randn(batch, hidden, device=dev, dtype=dtype)
+    context = torch.randn(batch, 16, hidden, device=dev, dtype=dtype)
+    valid = torch.ones(batch, 16, dtype=torch.bool, device=dev)
+
+    def step():
+        hidden_states, mod = core.embed(x, cond)
+        core.head(core.run_layers(hidden_states, mod, context, valid)).float().pow(2).mean().backward()
+    flops = count_flops(step)
+    seconds = _timed(step, steps)
+    return {"what": f"core alone: hidden {hidden}, {layers} layers, {grid * grid} tokens, batch {batch}",
+            "precision": precision, "seconds_per_step": seconds, "tokens_per_s": batch * grid * grid / seconds,
+            "tflop_per_step": flops / 1e12, "tflops": flops / seconds / 1e12}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per case")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    init_distributed()
+    torch.set_float32_matmul_precision("medium")
+    peak = {name: matmul_tflops(dtype, device=device()) for name, dtype in PRECISIONS.items()}
+    rows = []
+    for precision in PRECISIONS:
+        rows.append(bench_train_step(precision, args.steps))
+        rows.append(bench_core(precision, args.steps))
+    print(f"device: {device()}  torch {torch.__version__}  threads {torch.get_num_threads()}")
+    print("matmul rate (2048^3): " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peak.items()))
+    for r in rows:
+        r["fraction_of_matmul"] = r["tflops"] / peak[r["precision"]]
+        rate = f"{r['images_per_s']:.1f} img/s" if "images_per_s" in r else f"{r['tokens_per_s']:.0f} tok/s"
+        print(f"{r['what']:<58} {r['precision']}: {rate:>12}  {r['tflops']:.3f} TFLOP/s "
+              f"= {100 * r['fraction_of_matmul']:.0f}% of the {r['precision']} matmul rate")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matmul_tflops": peak, "results": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

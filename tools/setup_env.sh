@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the project's virtualenv: torch 2.13.0 first (a plain `torch` requirement in
+# a fresh environment would pull a multi-GB CUDA build), then the harness with its dev extras.
+#   VENV=.venv EXTRAS=dev bash tools/setup_env.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+EXTRAS=${EXTRAS:-dev}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install "torch==2.13.0"
+"${PIP[@]}" install -e "$ROOT[$EXTRAS]"
+echo "[setup] $("$VENV/bin/python" -c 'import torch, megatron.core, h5py, mpi4py; print("torch", torch.__version__, "| megatron-core", megatron.core.__version__, "| h5py", h5py.__version__, "| mpi4py", mpi4py.__version__)')"
