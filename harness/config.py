@@ -249,10 +249,12 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def from_dict(values: dict, source: str = "config") -> RunConfig:
-    """Build and validate a RunConfig from nested plain values."""
+def from_dict(values: dict, source: str = "config", overrides: list[str] = ()) -> RunConfig:
+    """Build and validate a RunConfig from nested plain values (e.g. a checkpoint's), then overrides."""
     cfg = RunConfig()
     _merge(cfg, values, "", source)
+    for text in overrides:
+        _merge(cfg, parse_override(text), "", "command line")
     validate(cfg, source)
     return cfg
 

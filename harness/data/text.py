@@ -16,18 +16,22 @@ from harness.model.conditioning import TextInput
 class TextSource:
     """Turns a Batch's captions into a TextInput, the way the configured text encoder needs."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, tokenizer_path: str | Path | None = None):
         self.max_len = cfg.model.text_max_len
         self.tokenizer: Tokenizer | None = None
         self.text_dim: int | None = None
         if cfg.model.text_encoder == "learned":
-            self.tokenizer = Tokenizer(cfg.data.tokenizer or Path(cfg.data.path) / TOKENIZER_FILE)
+            self.tokenizer = Tokenizer(tokenizer_path or cfg.data.tokenizer or Path(cfg.data.path) / TOKENIZER_FILE)
         else:
             spec = read_manifest(cfg.data.path).text_embedding
             if not spec:
                 raise ValueError(f"{cfg.data.path}/manifest.json: model.text_encoder=precomputed, but the data set "
                                  "has no text_embedding (run tools/embed_captions.py)")
             self.text_dim = int(spec["dim"])
+
+    def files(self) -> dict[str, Path]:
+        """Files a checkpoint must carry to encode captions without the data set (the tokenizer)."""
+        return {TOKENIZER_FILE: self.tokenizer.path} if self.tokenizer else {}
 
     @property
     def vocab_size(self) -> int | None:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.checkpoint import io
+from harness.checkpoint import io, state as checkpointing
+from harness.checkpoint.state import TrainState
 from harness.config import RunConfig, validate_world
 from harness.data.reader import ShardedReader, rank_positions
 from harness.data.text import TextSource
@@ -23,8 +24,6 @@ from harness.growth.rules import freeze_for_stage
 from harness.parallel.ddp import build_optimizer, wrap_ddp
 from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import build_stage, pack_spec
-from harness.train import checkpointing
-from harness.train.checkpointing import TrainState
 from harness.train.ema import EMA
 from harness.train.logging import StepLogger, plot_loss_curve
 from harness.train.step import MicroBatch, StepRunner
@@ -124,7 +123,8 @@ def train(cfg: RunConfig) -> Path:
     num_micro = cfg.parallel.global_batch // (cfg.parallel.micro_batch * layout.dp)
     logger = StepLogger(run_dir, total_steps=cfg.train.steps, global_batch=cfg.parallel.global_batch,
                         time_limit_s=cfg.train.time_limit_minutes * 60, enabled=layout.rank == 0)
-    save = lambda: checkpointing.save(run_dir, cfg, layout, state, model, ema, optimizer, scheduler, frozen)  # noqa: E731
+    save = lambda: checkpointing.save(run_dir, cfg, layout, state, model, ema, optimizer, scheduler, frozen,  # noqa: E731
+                                      text.files())
     start = time.perf_counter()
     t = cfg.train
 

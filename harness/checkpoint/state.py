@@ -1,4 +1,8 @@
-"""What a training checkpoint holds, and putting it back: model, EMA, optimizer, schedule, position."""
+"""What a training checkpoint holds, and putting it back: model, EMA, optimizer, schedule, position.
+
+Keys: `model.<param>`, `ema.<param>` (same sharding as the weight it averages) and Megatron's
+optimizer state in model space (`fully_reshardable`), so every part loads at any layout.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from harness.checkpoint import io
 from harness.checkpoint.sharded import model_sharded_state_dict, plain_state_dict, with_prefix
 from harness.config import RunConfig, to_dict
 from harness.parallel.layout import Layout
-from harness.train.ema import EMA
 
 
 @dataclass
@@ -23,7 +26,8 @@ class TrainState:
     lineage: list[dict] = field(default_factory=list)
 
 
-def _sharded(model, ema: EMA | None, optimizer=None, is_loading: bool = False) -> dict:
+def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
+    """The sharded state dict of a stage; `ema` is anything with a `shadow` dict of fp32 tensors."""
     base = model_sharded_state_dict(model)
     state = {"model": with_prefix(base, "model.")}
     if ema is not None:
@@ -37,18 +41,19 @@ def _sharded(model, ema: EMA | None, optimizer=None, is_loading: bool = False) -
     return state
 
 
-def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema: EMA, optimizer,
-         scheduler, frozen: list[str]) -> Path:
+def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema, optimizer,
+         scheduler, frozen: list[str], files: dict[str, Path] | None = None) -> Path:
     """Collectively write a complete training checkpoint of this step."""
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
         "config": to_dict(cfg), "layout": {k: v for k, v in layout.describe().items() if not k.endswith("rank")},
         "scheduler": scheduler.state_dict(), "frozen": frozen, "lineage": state.lineage,
     }
-    return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints)
+    return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints,
+                   files=files)
 
 
-def restore(ckpt_dir: Path, model, ema: EMA, optimizer, scheduler, *, with_optimizer: bool = True) -> TrainState:
+def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer: bool = True) -> TrainState:
     """Load a checkpoint into this rank's model (and EMA, optimizer, schedule); return its TrainState."""
     meta = io.read_meta(ckpt_dir)
     families = ("model.", "ema.") + (("optimizer.",) if with_optimizer else ())
@@ -63,6 +68,18 @@ def restore(ckpt_dir: Path, model, ema: EMA, optimizer, scheduler, *, with_optim
         _unshare_steps(optimizer)
         scheduler.load_state_dict(meta["scheduler"])
     return TrainState(step=meta["step"], consumed_samples=meta["consumed_samples"], lineage=meta.get("lineage", []))
+
+
+def load_weights(ckpt_dir: Path, model, *, use_ema: bool = True) -> dict:
+    """Load a checkpoint's EMA (or raw) weights into this rank's stage for inference; returns meta.json."""
+    meta = io.read_meta(ckpt_dir)
+    family = "ema." if use_ema else "model."
+    base = model_sharded_state_dict(model)
+    fp32 = {k: torch.empty_like(sh.data, dtype=torch.float32) for k, sh in base.items()}  # EMA is stored in fp32
+    loaded = io.load(ckpt_dir, {"weights": with_prefix(base, family, fp32 if use_ema else None)}, (family,))
+    model.load_state_dict({k.removeprefix(family): v for k, v in plain_state_dict(loaded["weights"]).items()},
+                          strict=True)
+    return meta
 
 
 def _materialise_state(optimizer) -> None:
