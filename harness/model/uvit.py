@@ -51,7 +51,9 @@ class UViT(MegatronModule):
         config = core_transformer_config(hidden=size.hidden, layers=size.layers, heads=size.heads, tp=tp, pp=pp,
                                          dropout=cfg.dropout, dtype=dtype, initialize=initialize)
         super().__init__(config=config)
+        # What Megatron's schedules and finalize_model_grads ask of a model: no tied embeddings here.
         self.model_type = ModelType.encoder_or_decoder
+        self.share_embeddings_and_output_weights = False
         self.cfg, self.size, self.seed = cfg, size, seed
         self.pre_process, self.post_process = pre_process, post_process
         self.input_tensor = None

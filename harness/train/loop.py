@@ -59,17 +59,13 @@ def microbatches(reader: ShardedReader, text: TextSource, cfg: RunConfig, layout
 
 
 def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource, layout: Layout, dev) -> None:
-    """A grid of held-out captions: the real images and samples from the EMA weights."""
-    if layout.pp > 1:
-        if layout.rank == 0:
-            print(f"sample grid skipped at pp={layout.pp}: sample from a checkpoint with tools/sample.py", flush=True)
-        return
+    """A grid of held-out captions: the real images and samples from the EMA weights (all ranks call it)."""
     with ShardedReader(cfg.data.heldout_path, resolution_px=cfg.model.resolution_px, global_batch=1,
                        verify_checksums=False) as heldout:
         idx = np.linspace(0, len(heldout) - 1, cfg.train.num_samples).round().astype(int)
         batch = heldout.read(idx)
     with ema.applied(model):
-        images = sample_captions(model, cfg, text.encode(batch, dev), list(range(len(idx))), seed=cfg.train.seed)
+        images = sample_captions(model, cfg, layout, text.encode(batch, dev), list(range(len(idx))), seed=cfg.train.seed)
     if layout.rank == 0:
         real = batch.images.float() / 127.5 - 1.0
         save_grid(path, [real, images], batch.captions, ["held-out", "sampled"])

@@ -67,8 +67,9 @@ class StepRunner:
             return pack(state, self.spec), None
         return stage.finish(state), functools.partial(_loss_func, v_target(mb.x0, noise, logsnr))
 
-    def train_step(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> dict:
-        """Forward, backward and update over this rank's micro-batches; returns loss, grad norm, lr."""
+    def accumulate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
+        """Forward and backward over this rank's micro-batches; gradients end up data-parallel reduced
+        in each parameter's `main_grad`. Returns the global batch's mean loss (on every rank)."""
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
         losses = self.forward_backward(
@@ -76,10 +77,19 @@ class StepRunner:
             data_iterator=iter(microbatches) if microbatches is not None else None,
             model=[self.ddp], num_microbatches=num_microbatches, seq_length=self.spec.rows(),
             micro_batch_size=self.cfg.parallel.micro_batch, forward_only=False)
+        return self._global_mean_loss(losses)
+
+    def update(self) -> dict:
+        """Clip, step the optimizer and the learning-rate schedule; returns grad norm and lr."""
         _, grad_norm, _ = self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step(increment=1)
-        return {"loss": self._global_mean_loss(losses), "grad_norm": float(grad_norm or 0.0), "lr": lr}
+        return {"grad_norm": float(grad_norm or 0.0), "lr": lr}
+
+    def train_step(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> dict:
+        """One optimizer step; returns loss, grad norm and lr."""
+        loss = self.accumulate(microbatches, num_microbatches)
+        return {"loss": loss, **self.update()}
 
     def _global_mean_loss(self, losses: list[dict]) -> float:
         """Mean loss over the global batch, on every rank (only last-stage ranks computed it)."""

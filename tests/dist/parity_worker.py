@@ -1,0 +1,89 @@
+"""Three training steps of the tiny model at several layouts in one launch, for tests/dist.
+
+    torchrun --nproc_per_node 4 tests/dist/parity_worker.py --data DIR --out DIR --layouts 2x2,2x1 [--distributed-optimizer]
+
+For each TPxPP layout (DP = world / (TP*PP)) it builds the model from the same seed, trains three
+steps on the same global batches, and writes (with dist_checkpointing, so any layout can be read
+back at TP=PP=1) the gradients of the third step and the weights after it, plus the losses.
+Also importable: `run_layout` is the reference when called in a one-process world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing
+
+from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
+from harness.config import load
+from harness.data.reader import ShardedReader
+from harness.data.text import TextSource
+from harness.dist.launch import init_distributed
+from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.parallel.layout import device, initialize_layout
+from harness.parallel.pipeline import build_stage, pack_spec
+from harness.train.loop import microbatches
+from harness.train.step import StepRunner
+
+STEPS = 3
+
+
+def overrides(data: Path, tp: int, pp: int, distributed_optimizer: bool) -> list[str]:
+    return [f"data.path={data / 'train'}", f"data.heldout_path={data / 'heldout'}", "model.size=tiny",
+            "parallel.global_batch=8", "parallel.micro_batch=2", f"parallel.tp={tp}", f"parallel.pp={pp}",
+            f"parallel.distributed_optimizer={str(distributed_optimizer).lower()}", "optim.warmup_steps=1",
+            "optim.lr=1e-3", "optim.eps=1e-4", "train.matmul_precision=highest", "train.steps=3"]
+
+
+def run_layout(data: Path, out: Path, tp: int, pp: int, distributed_optimizer: bool) -> list[float]:
+    """Train STEPS steps at (tp, pp); save third-step grads and final weights under `out`."""
+    cfg = load(None, overrides(data, tp, pp, distributed_optimizer))
+    layout = initialize_layout(tp, pp, cfg.train.seed)
+    dev = device()
+    text = TextSource(cfg)
+    model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=None, device=dev)
+    ddp = wrap_ddp(model, cfg)
+    optimizer, scheduler = build_optimizer(ddp, cfg)
+    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    needs_data = layout.is_first_stage or layout.is_last_stage
+    reader = ShardedReader(cfg.data.path, resolution_px=64, global_batch=8, dp_rank=layout.dp_rank, dp=layout.dp,
+                           seed=cfg.data.seed) if needs_data else None
+    num_micro = 8 // (2 * layout.dp)
+    base = model_sharded_state_dict(model)
+    params = dict(model.named_parameters())
+    losses = []
+    for step in range(STEPS):
+        mbs = microbatches(reader, text, cfg, layout, dev) if reader is not None else None
+        losses.append(runner.accumulate(mbs, num_micro))
+        if step == STEPS - 1 and not distributed_optimizer:   # main_grad is fully reduced only without ZeRO
+            grads = {k: params[k].main_grad for k in base}
+            (out / "grads").mkdir(parents=True, exist_ok=True)
+            dist_checkpointing.save(with_prefix(base, "grad.", grads), str(out / "grads"))
+        runner.update()
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    dist_checkpointing.save(with_prefix(base, "model."), str(out / "weights"))
+    if torch.distributed.get_rank() == 0:
+        (out / "losses.json").write_text(json.dumps(losses))
+    return losses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layouts", required=True, help="comma-separated TPxPP, e.g. 2x1,1x2")
+    parser.add_argument("--distributed-optimizer", action="store_true")
+    args = parser.parse_args()
+    init_distributed()
+    for spec in args.layouts.split(","):
+        tp, pp = map(int, spec.split("x"))
+        dp = torch.distributed.get_world_size() // (tp * pp)
+        name = f"tp{tp}_pp{pp}_dp{dp}" + ("_zero" if args.distributed_optimizer else "")
+        run_layout(args.data, args.out / name, tp, pp, args.distributed_optimizer)
+
+
+if __name__ == "__main__":
+    main()

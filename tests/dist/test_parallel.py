@@ -1,0 +1,74 @@
+"""TP / PP / DP against one process: same weights and data, three optimizer steps.
+
+Three launches (2 and 4 gloo processes) cover TP=2, PP=2, DP=2, TP=2xPP=2, TP=2xDP=2, PP=2xDP=2 and
+DP=4 with the distributed optimizer. Each layout's gradients (third step) and weights (after it) are
+written with dist_checkpointing and read back at TP=PP=1 here, against the one-process reference.
+"""
+
+import json
+
+import pytest
+import torch
+from launching import REPO, launch
+from megatron.core import dist_checkpointing
+from parity_worker import run_layout
+
+from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
+from harness.config import ModelConfig
+from harness.data.tokenizer import Tokenizer
+from harness.model.uvit import build_model
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference(world, tiny_data, tmp_path_factory):
+    """The one-process runs, with and without the distributed optimizer."""
+    out = tmp_path_factory.mktemp("reference")
+    run_layout(tiny_data, out / "plain", 1, 1, distributed_optimizer=False)
+    run_layout(tiny_data, out / "zero", 1, 1, distributed_optimizer=True)
+    return out
+
+
+def _read(path, prefix: str, vocab: int) -> dict[str, torch.Tensor]:
+    """A dump written at any layout (grads or weights), as plain tensors at TP=PP=1."""
+    base = model_sharded_state_dict(build_model(ModelConfig(size="tiny"), vocab_size=vocab, text_dim=None, seed=99))
+    loaded = dist_checkpointing.load(with_prefix(base, prefix, {k: torch.zeros_like(s.data) for k, s in base.items()}),
+                                     str(path))
+    return {k.removeprefix(prefix): v for k, v in loaded.items()}
+
+
+def _relative(ours: dict, ref: dict) -> float:
+    """Max over tensors of max|a - b| / max|b|. A tensor under 1% of the largest one is measured
+    against that 1%: its values are sums of much larger terms (e.g. gradients through the
+    zero-initialised exit convolution, ~1e-10) and carry their float32 rounding."""
+    floor = 1e-2 * max(t.abs().max().item() for t in ref.values())
+    return max((ours[k] - ref[k]).abs().max().item() / max(ref[k].abs().max().item(), floor) for k in ref)
+
+
+def _differences(layout_dir, ref_dir, vocab: int) -> dict[str, float]:
+    """Max relative difference of losses, weights and (where dumped) gradients."""
+    losses = json.loads((layout_dir / "losses.json").read_text())
+    ref_losses = json.loads((ref_dir / "losses.json").read_text())
+    worst = {"loss": max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses, strict=True))}
+    for kind, prefix in (("weights", "model."), ("grads", "grad.")):
+        if (layout_dir / kind).exists():
+            ours, ref = _read(layout_dir / kind, prefix, vocab), _read(ref_dir / kind, prefix, vocab)
+            assert ours.keys() == ref.keys()
+            worst[kind] = _relative(ours, ref)
+    return worst
+
+
+@pytest.mark.parametrize("nprocs, layouts, zero", [(2, "2x1,1x2,1x1", False), (4, "2x2,2x1,1x2", False),
+                                                    (4, "1x1", True)])
+def test_layouts_match_one_process(world, tiny_data, reference, tmp_path, nprocs, layouts, zero):
+    args = [str(REPO / "tests/dist/parity_worker.py"), "--data", str(tiny_data), "--out", str(tmp_path),
+            "--layouts", layouts] + (["--distributed-optimizer"] if zero else [])
+    launch("torchrun", nprocs, args)
+    vocab = Tokenizer(tiny_data / "train" / "tokenizer.model").vocab_size
+    dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(dirs) == len(layouts.split(","))
+    for d in dirs:
+        worst = _differences(d, reference / ("zero" if zero else "plain"), vocab)
+        print(f"{d.name}: max relative difference " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+        assert all(v < TOL for v in worst.values()), f"{d.name}: {worst}"
