@@ -115,6 +115,8 @@ class ParallelConfig:
     """Samples per optimizer step over all data-parallel ranks."""
     distributed_optimizer: bool = True
     """Shard optimizer state across data-parallel ranks (Megatron DistributedOptimizer)."""
+    timeout_s: float = 600.0
+    """Seconds a collective may wait before the ranks give up (a dead or stuck peer)."""
     pp_layers: list[int] = field(default_factory=list)
     """Core layers per pipeline stage; empty: an even split (remainder to the middle stages)."""
 
@@ -313,6 +315,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _require(o.decay_steps >= 0, source, "optim.decay_steps", "must be >= 0")
     _require(p.tp >= 1 and p.pp >= 1, source, "parallel.tp", "and parallel.pp must be >= 1")
     _require(p.micro_batch >= 1, source, "parallel.micro_batch", "must be >= 1")
+    _require(p.timeout_s > 0, source, "parallel.timeout_s", "must be > 0")
     _require(p.global_batch % p.micro_batch == 0, source, "parallel.global_batch",
              f"({p.global_batch}) must be a multiple of parallel.micro_batch ({p.micro_batch})")
     _require(t.stage in STAGES, source, "train.stage", f"must be one of {STAGES}, got {t.stage!r}")

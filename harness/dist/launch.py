@@ -30,6 +30,7 @@ class LaunchInfo:
     rank: int
     world_size: int
     local_rank: int
+    init_method: str     # torch.distributed rendezvous: "env://" or "tcp://host:port"
 
 
 def _free_port() -> int:
@@ -74,26 +75,32 @@ def _mpi_rendezvous(launcher: str) -> LaunchInfo:
         local_rank = int(os.environ.get("SLURM_LOCALID", 0))
     else:
         local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-    address = comm.bcast((_reachable_address(), _free_port()) if rank == 0 else None, root=0)
-    os.environ.setdefault("MASTER_ADDR", address[0])
-    os.environ.setdefault("MASTER_PORT", str(address[1]))
-    return LaunchInfo(launcher, rank, size, local_rank)
+    host, port = comm.bcast((_reachable_address(), _free_port()) if rank == 0 else None, root=0)
+    return LaunchInfo(launcher, rank, size, local_rank, f"tcp://{host}:{port}")
 
 
 def launch_info() -> LaunchInfo:
-    """Rank, world size and local rank of this process, setting MASTER_ADDR/PORT where needed."""
+    """Rank, world size, local rank and rendezvous of this process, from its launcher."""
     launcher = detect()
     if launcher == "torchrun":
         return LaunchInfo(launcher, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                          int(os.environ.get("LOCAL_RANK", 0)))
+                          int(os.environ.get("LOCAL_RANK", 0)), "env://")
     if launcher in ("srun", "mpiexec"):
         return _mpi_rendezvous(launcher)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    return LaunchInfo("single", 0, 1, 0)
+    return LaunchInfo("single", 0, 1, 0, f"tcp://127.0.0.1:{_free_port()}")
 
 
-def init_distributed(timeout_s: float = 300.0) -> LaunchInfo:
+def split_mpi_comm(info: LaunchInfo, member: bool):
+    """An MPI communicator of the ranks with `member` True (None for the others, and for launchers
+    without MPI). Collective: every rank calls it."""
+    if info.launcher not in ("srun", "mpiexec"):
+        return None
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD.Split(color=1 if member else MPI.UNDEFINED, key=info.rank)
+    return comm if member else None
+
+
+def init_distributed(timeout_s: float = 600.0) -> LaunchInfo:
     """Initialise torch.distributed for this launcher (NCCL on GPUs, gloo on CPUs)."""
     info = launch_info()
     if dist.is_initialized():
@@ -103,6 +110,6 @@ def init_distributed(timeout_s: float = 300.0) -> LaunchInfo:
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend, init_method="env://", rank=info.rank, world_size=info.world_size,
+    dist.init_process_group(backend, init_method=info.init_method, rank=info.rank, world_size=info.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return info

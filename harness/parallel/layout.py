@@ -43,7 +43,7 @@ class Layout:
         return {k: getattr(self, k) for k in ("tp", "pp", "dp", "tp_rank", "pp_rank", "dp_rank", "rank", "world")}
 
 
-def initialize_layout(tp: int, pp: int, seed: int = 0) -> Layout:
+def initialize_layout(tp: int, pp: int, seed: int = 0, timeout_s: float = 600.0) -> Layout:
     """Create Megatron's process groups for (tp, pp) over the initialised world; return the Layout."""
     cpu_compat.apply()
     world = dist.get_world_size()
@@ -51,7 +51,8 @@ def initialize_layout(tp: int, pp: int, seed: int = 0) -> Layout:
         raise ValueError(f"parallel.tp * parallel.pp = {tp * pp} does not divide the world size {world}")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             distributed_timeout_minutes=max(1, round(timeout_s / 60)))
     model_parallel_cuda_manual_seed(seed)
     return Layout(
         tp=tp, pp=pp, dp=parallel_state.get_data_parallel_world_size(),

@@ -17,7 +17,7 @@ from harness.checkpoint.state import TrainState
 from harness.config import RunConfig, validate_world
 from harness.data.reader import ShardedReader, rank_positions
 from harness.data.text import TextSource
-from harness.dist.launch import init_distributed
+from harness.dist.launch import init_distributed, split_mpi_comm
 from harness.eval.grid import save_grid
 from harness.eval.sampling import sample_captions
 from harness.growth.rules import freeze_for_stage
@@ -82,10 +82,10 @@ def _agree(flag: bool) -> bool:
 
 def train(cfg: RunConfig) -> Path:
     """Run (or resume) one stage; returns the path of its last checkpoint."""
-    info = init_distributed()
+    info = init_distributed(cfg.parallel.timeout_s)
     validate_world(cfg, info.world_size)
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
-    layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
+    layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.parallel.timeout_s)
     run_dir = Path(cfg.train.run_dir)
     prepare_run_dir(run_dir, layout.rank)
     dev = device()
@@ -110,11 +110,14 @@ def train(cfg: RunConfig) -> Path:
         print(f"stage {cfg.train.stage}: {sum(p.numel() for p in model.parameters()):,} parameters on rank 0 "
               f"({len(frozen)} frozen tensors), layout tp={layout.tp} pp={layout.pp} dp={layout.dp}, {where}", flush=True)
 
+    # First and last pipeline stages read the batch (the last recomputes the v target from it);
+    # under MPI, rank 0 of those reads the manifest and broadcasts it.
     needs_data = layout.is_first_stage or layout.is_last_stage
+    data_comm = split_mpi_comm(info, needs_data)
     reader = ShardedReader(cfg.data.path, resolution_px=cfg.model.resolution_px, global_batch=cfg.parallel.global_batch,
                            dp_rank=layout.dp_rank, dp=layout.dp, seed=cfg.data.seed,
-                           consumed_samples=state.consumed_samples,
-                           verify_checksums=cfg.data.verify_checksums) if needs_data else None
+                           consumed_samples=state.consumed_samples, verify_checksums=cfg.data.verify_checksums,
+                           comm=data_comm) if needs_data else None
     runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
     num_micro = cfg.parallel.global_batch // (cfg.parallel.micro_batch * layout.dp)
     logger = StepLogger(run_dir, total_steps=cfg.train.steps, global_batch=cfg.parallel.global_batch,
