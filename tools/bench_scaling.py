@@ -1,0 +1,161 @@
+"""Scaling efficiency of parallel layouts: images/s and model FLOP/s per layout, against one process.
+
+    python tools/bench_scaling.py --out runs/bench_scaling              # local: torchrun per layout
+    srun ... python tools/bench_scaling.py --worker --tp 2 --pp 1 --out DIR   # one layout, any launcher
+    python tools/bench_scaling.py --aggregate --out DIR                # CSV + PNG from the worker files
+
+Every layout trains the same model on the same global batch of random data (the full harness step:
+Megatron schedule, DDP, optimizer), so total FLOPs per step are equal and efficiency is simply
+images/s(layout) / images/s(baseline), the baseline being the one-process run on the same machine.
+Model FLOPs per step are counted once with FlopCounterMode (attention included); FLOP/s are model
+FLOP/s (replicated convolutions on TP ranks are not counted twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LAYOUTS = ("1x1", "2x1", "1x2")   # TPxPP; DP fills the rest of the world
+
+
+def worker(args) -> None:
+    """Time `args.steps` training steps at (tp, pp) in the launched world; rank 0 writes a JSON row."""
+    from harness.config import load
+    from harness.dist.launch import init_distributed
+    from harness.eval.flops import count_flops
+    from harness.model.conditioning import TextInput
+    from harness.parallel.ddp import build_optimizer, wrap_ddp
+    from harness.parallel.layout import device, initialize_layout
+    from harness.parallel.pipeline import build_stage, pack_spec
+    from harness.train.step import MicroBatch, StepRunner
+
+    info = init_distributed()
+    cfg = load(None, [f"model.size={args.size}", f"model.resolution_px={args.resolution}", f"parallel.tp={args.tp}",
+                      f"parallel.pp={args.pp}", f"parallel.global_batch={args.global_batch}",
+                      f"parallel.micro_batch={args.micro_batch}", f"train.precision={args.precision}"])
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    layout = initialize_layout(args.tp, args.pp)
+    dev = device()
+    model = build_stage(cfg, layout, vocab_size=1000, text_dim=None, device=dev)
+    ddp = wrap_ddp(model, cfg)
+    optimizer, scheduler = build_optimizer(ddp, cfg)
+    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    local, res = args.global_batch // layout.dp, args.resolution
+    g = torch.Generator().manual_seed(layout.dp_rank)
+    x0 = torch.rand(local, 3, res, res, generator=g) * 2 - 1
+    tokens = torch.randint(3, 1000, (local, cfg.model.text_max_len), generator=g)
+    m = args.micro_batch
+    mbs = [MicroBatch(x0[i:i + m].to(dev), TextInput(lengths=torch.full((m,), 8, device=dev), tokens=tokens[i:i + m].to(dev)),
+                      list(range(layout.dp_rank * local + i, layout.dp_rank * local + i + m))) for i in range(0, local, m)]
+    step = lambda: runner.train_step(mbs, len(mbs))  # noqa: E731
+    for _ in range(args.warmup):
+        step()
+    torch.distributed.barrier()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.distributed.barrier()
+    seconds = (time.perf_counter() - start) / args.steps
+    if info.rank == 0:
+        row = {"layout": f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}", "world": layout.world, "tp": layout.tp,
+               "pp": layout.pp, "dp": layout.dp, "size": args.size, "resolution": res, "precision": args.precision,
+               "global_batch": args.global_batch, "seconds_per_step": seconds, "images_per_s": args.global_batch / seconds,
+               "device": str(dev), "threads_per_rank": torch.get_num_threads()}
+        if layout.world == 1:
+            row["tflop_per_step"] = count_flops(step) / 1e12
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{row['layout']}.json").write_text(json.dumps(row, indent=2))
+
+
+def aggregate(out: Path) -> list[dict]:
+    """Join the worker rows: efficiency against the one-process row; write scaling.csv and scaling.png."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("tp*-pp*-dp*.json"))]
+    base = next((r for r in rows if r["world"] == 1), None)
+    if base is None:
+        raise SystemExit(f"{out}: no one-process (tp1-pp1-dp1) row to compare against")
+    for r in rows:
+        r["tflop_per_step"] = base["tflop_per_step"]
+        r["model_tflops"] = base["tflop_per_step"] / r["seconds_per_step"]
+        r["efficiency"] = r["images_per_s"] / base["images_per_s"]
+    rows.sort(key=lambda r: (r["world"], r["layout"]))
+    keys = ["layout", "world", "tp", "pp", "dp", "images_per_s", "model_tflops", "efficiency", "seconds_per_step",
+            "size", "resolution", "precision", "global_batch", "device", "threads_per_rank"]
+    with open(out / "scaling.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, out / "scaling.png")
+    for r in rows:
+        print(f"{r['layout']:<16} {r['images_per_s']:8.1f} img/s  {r['model_tflops']:.3f} TFLOP/s  "
+              f"efficiency {r['efficiency']:.2f}")
+    return rows
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    names = [r["layout"] for r in rows]
+    bars = ax.bar(names, [r["efficiency"] for r in rows], color="#4C72B0")
+    for bar, r in zip(bars, rows):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{r['images_per_s']:.1f} img/s",
+                ha="center", va="bottom", fontsize=8)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("throughput / one process")
+    ax.set_title(f"{rows[0]['size']} {rows[0]['resolution']}px, global batch {rows[0]['global_batch']}, {rows[0]['device']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench_scaling")
+    parser.add_argument("--worker", action="store_true", help="time one layout in the launched world")
+    parser.add_argument("--aggregate", action="store_true", help="only join existing worker rows")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--nprocs", type=int, default=2, help="local mode: processes for the parallel layouts")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="local mode: TPxPP list at --nprocs processes")
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--global-batch", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    out = Path(args.out)
+    if not args.aggregate:
+        common = [sys.argv[0], "--worker", "--out", str(out), "--size", args.size, "--resolution", str(args.resolution),
+                  "--precision", args.precision, "--global-batch", str(args.global_batch),
+                  "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        torchrun = str(Path(sys.executable).parent / "torchrun")
+        runs = [(1, "1x1")] + [(args.nprocs, spec) for spec in args.layouts.split(",")]
+        for nprocs, spec in runs:
+            tp, pp = spec.split("x")
+            # The one-process baseline uses every core; each of N processes gets 1/N of them.
+            threads = str(max(1, (os.cpu_count() or 1) // nprocs))
+            print(f"[bench_scaling] {nprocs} process(es), tp={tp} pp={pp}, {threads} thread(s) each", flush=True)
+            subprocess.run([torchrun, "--standalone", f"--nproc_per_node={nprocs}", *common, "--tp", tp, "--pp", pp],
+                           check=True, env={**os.environ, "OMP_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"})
+    aggregate(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
