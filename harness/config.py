@@ -34,8 +34,8 @@ class ModelConfig:
     core_grid: int = 16
     """Side of the token grid the core runs on (16x16 = 256 tokens)."""
     level_channels: list[int] = field(default_factory=list)
-    """Grown model only: channels of each new level, outermost (full resolution) first. Empty: from
-    the size's defaults. The grown model has log2(resolution_px / core_grid) levels."""
+    """Grown model only: channels of each level, innermost (next to the core) first. Empty: from the
+    size's defaults. The grown model has log2(resolution_px / core_grid) levels."""
     blocks_per_level: int = 1
     """Grown model only: ResBlocks per level in the encoder (and in the decoder)."""
     text_max_len: int = 16

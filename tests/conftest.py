@@ -26,7 +26,7 @@ def world():
     return initialize_layout(1, 1)
 
 
-def _samples(n: int, seed: int, size: int = 64):
+def _samples(n: int, seed: int, size: int = 128):
     rng = np.random.default_rng(seed)
     for i in range(n):
         img = np.full((size, size, 3), 255, np.uint8)
@@ -37,14 +37,15 @@ def _samples(n: int, seed: int, size: int = 64):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """A 64 px train set (96 samples in 3 shards) + held-out set (16) + tokenizer, written with harness.data."""
+    """A train set (96 samples in 3 shards) + held-out set (16) stored at 128 px (64 px models read it
+    area-down-sampled) + tokenizer, written with harness.data."""
     from harness.data.reader import iter_captions
     from harness.data.tokenizer import train_tokenizer
     from harness.data.writer import write_dataset
 
     root = tmp_path_factory.mktemp("tiny_data")
-    write_dataset(_samples(96, 0), root / "train", resolution_px=64, samples_per_shard=32, progress=False)
-    write_dataset(_samples(16, 1), root / "heldout", resolution_px=64, samples_per_shard=32, progress=False)
+    write_dataset(_samples(96, 0), root / "train", resolution_px=128, samples_per_shard=32, progress=False)
+    write_dataset(_samples(16, 1), root / "heldout", resolution_px=128, samples_per_shard=32, progress=False)
     train_tokenizer(iter_captions(root / "train"), root / "train" / "tokenizer.model", vocab_size=64)
     return root
 

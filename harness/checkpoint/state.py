@@ -33,8 +33,7 @@ def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
     if ema is not None:
         state["ema"] = with_prefix(base, "ema.", ema.shadow)
     if optimizer is not None:
-        if is_loading:
-            _materialise_state(optimizer)
+        _materialise_state(optimizer)
         # `fully_reshardable`: optimizer state in model space, loadable at any (TP, PP, DP).
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"], is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
@@ -83,9 +82,10 @@ def load_weights(ckpt_dir: Path, model, *, use_ema: bool = True) -> dict:
 
 
 def _materialise_state(optimizer) -> None:
-    """Create the (empty) Adam state before loading into it: torch's AdamW makes its state lazily at
-    the first step, and Megatron's distributed optimizer needs it to describe what it loads. A step
-    with zero gradients at lr 0 creates it without changing any weight; the load then overwrites it."""
+    """Create torch AdamW's state (zero moments, step 0) before it exists: torch makes it lazily at the
+    first step, and Megatron's distributed optimizer needs it to describe what it saves or loads. A
+    step with zero gradients at lr 0 creates it without changing any weight; resetting the step
+    count keeps the state exactly that of an optimizer that has not stepped yet."""
     for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = chained.optimizer
         if inner.state:
@@ -96,6 +96,8 @@ def _materialise_state(optimizer) -> None:
             for p in group["params"]:
                 p.grad = torch.zeros_like(p)
         inner.step()
+        for st in inner.state.values():
+            st["step"] = torch.zeros_like(st["step"])
         for group, lr in zip(inner.param_groups, saved):
             group["lr"] = lr
             for p in group["params"]:

@@ -37,10 +37,17 @@ class TextSource:
     def vocab_size(self) -> int | None:
         return self.tokenizer.vocab_size if self.tokenizer else None
 
+    def encode_captions(self, captions: list[str], device: torch.device | str = "cpu") -> TextInput:
+        """TextInput of raw caption strings (prompts); needs the learned encoder's tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("model.text_encoder=precomputed: prompts need the frozen encoder's embeddings, "
+                             "which only the data set's shards carry (text_emb); sample held-out captions instead")
+        tokens, lengths = self.tokenizer.encode(list(captions), self.max_len)
+        return TextInput(lengths=lengths.to(device), tokens=tokens.to(device))
+
     def encode(self, batch: Batch, device: torch.device | str = "cpu") -> TextInput:
         """TextInput (B captions) on `device`."""
         if self.tokenizer is not None:
-            tokens, lengths = self.tokenizer.encode(batch.captions, self.max_len)
-            return TextInput(lengths=lengths.to(device), tokens=tokens.to(device))
+            return self.encode_captions(batch.captions, device)
         emb = batch.text_emb[:, : self.max_len].to(device)
         return TextInput(lengths=batch.text_len.clamp(1, self.max_len).to(device), emb=emb)

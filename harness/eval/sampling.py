@@ -22,6 +22,29 @@ from harness.parallel.layout import Layout
 from harness.parallel.pipeline import pack, pack_spec, unpack
 
 
+def shard_positions(n: int, layout: Layout) -> list[int]:
+    """Positions 0..n-1 of this data-parallel rank: p = dp_rank (mod dp)."""
+    return list(range(layout.dp_rank, n, layout.dp))
+
+
+def gather_rows(local: torch.Tensor, positions: Sequence[int], n: int, layout: Layout) -> torch.Tensor:
+    """(n, ...) on every rank from each data-parallel rank's rows at `positions` (collective over DP).
+
+    A sum of zero-filled tensors: exact, and deterministic whatever the reduction order."""
+    full = torch.zeros((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    full[list(positions)] = local
+    if layout.dp > 1:
+        dist.all_reduce(full, group=layout.dp_group)
+    return full
+
+
+def text_rows(text: TextInput, rows: Sequence[int]) -> TextInput:
+    """The captions at `rows` of a TextInput."""
+    rows = list(rows)
+    pick = lambda x: None if x is None else x[rows]  # noqa: E731
+    return TextInput(lengths=text.lengths[rows], tokens=pick(text.tokens), emb=pick(text.emb), drop=pick(text.drop))
+
+
 def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image index."""
     return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]

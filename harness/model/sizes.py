@@ -36,5 +36,6 @@ MODEL_SIZES: dict[str, ModelSize] = {
 
 
 def default_level_channels(size: ModelSize, levels: int) -> list[int]:
-    """Channels of a grown model's levels, outermost first: halving outwards from the core, >= 32."""
-    return [max(size.channels >> (levels - i), 32) for i in range(levels)]
+    """Channels of a grown model's levels, innermost first: halving outwards from the core, >= 32.
+    Level i's channels do not depend on how many levels there are, so growing keeps them."""
+    return [max(size.channels >> (i + 1), 32) for i in range(levels)]

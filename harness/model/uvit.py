@@ -136,14 +136,19 @@ class ShallowUViT(UViT):
 
 
 class GrownUViT(UViT):
-    """Growth-stage model: ResBlock levels from the target resolution down to the core grid and back."""
+    """Growth-stage model: ResBlock levels from the target resolution down to the core grid and back.
+
+    Level i (0 = next to the core) works at side core_grid * 2^(i+1) with `level_channels[i]`
+    channels, so growing to a higher resolution adds level n and keeps every name of levels 0..n-1;
+    only the RGB entry (`stem`) and exit (`head`) convolutions are replaced.
+    """
 
     def build_levels(self) -> None:
         cfg, size = self.cfg, self.size
         ch, c, h, n, bpl = self.level_channels, size.channels, size.hidden, self.levels, cfg.blocks_per_level
-        inner = ch[1:] + [c]                              # channels after each level's down-sampling
+        inner = [c] + ch[:-1]                             # channels on the core side of each level
         if self.pre_process:
-            self.stem = self._seeded("stem", lambda: nn.Conv2d(3, ch[0], 3, padding=1))
+            self.stem = self._seeded("stem", lambda: nn.Conv2d(3, ch[-1], 3, padding=1))
             self.enc = nn.ModuleList(self._seeded(f"enc.{i}", lambda i=i: nn.ModuleList(
                 ResBlock(ch[i], ch[i], h, cfg.dropout) for _ in range(bpl))) for i in range(n))
             self.down = nn.ModuleList(self._seeded(f"down.{i}", lambda i=i: Downsample(ch[i], inner[i]))
@@ -154,7 +159,7 @@ class GrownUViT(UViT):
             self.dec = nn.ModuleList(self._seeded(f"dec.{i}", lambda i=i: nn.ModuleList(
                 ResBlock(2 * ch[i], ch[i], h, cfg.dropout) for _ in range(bpl + 1))) for i in range(n))
             self.head = self._seeded("head", lambda: nn.Sequential(
-                group_norm(ch[0]), nn.SiLU(), zero_(nn.Conv2d(ch[0], 3, 3, padding=1))))
+                group_norm(ch[-1]), nn.SiLU(), zero_(nn.Conv2d(ch[-1], 3, 3, padding=1))))
 
     @property
     def levels(self) -> int:
@@ -162,31 +167,33 @@ class GrownUViT(UViT):
 
     @property
     def level_channels(self) -> list[int]:
+        """Channels per level, innermost first."""
         return list(self.cfg.level_channels) or default_level_channels(self.size, self.levels)
 
     def skip_shapes(self) -> list[tuple[int, int]]:
-        """(channels, side) of each skip tensor: bpl+1 per level, then the core input."""
+        """(channels, side) of each skip tensor in encoder order: bpl+1 per level from the outermost
+        inwards, then the core input."""
         shapes = []
-        for i, c in enumerate(self.level_channels):
-            shapes += [(c, self.cfg.resolution_px >> i)] * (self.cfg.blocks_per_level + 1)
+        for i in reversed(range(self.levels)):
+            shapes += [(self.level_channels[i], self.cfg.core_grid << (i + 1))] * (self.cfg.blocks_per_level + 1)
         return shapes + [(self.size.channels, self.cfg.core_grid)]
 
     def encode(self, x, cond):
         h = self.stem(x)
         skips = []
-        for blocks, down in zip(self.enc, self.down):
+        for i in reversed(range(self.levels)):
             skips.append(h)
-            for block in blocks:
+            for block in self.enc[i]:
                 h = block(h, cond)
                 skips.append(h)
-            h = down(h)
+            h = self.down[i](h)
         skips.append(h)                                   # long skip around the core
         return h, skips
 
     def decode(self, h, skips, cond):
         skips = list(skips)
         h = self.mid(torch.cat([h, skips.pop()], dim=1), cond)
-        for i in reversed(range(self.levels)):
+        for i in range(self.levels):
             h = self.up[i](h)
             for block in self.dec[i]:
                 h = block(torch.cat([h, skips.pop()], dim=1), cond)

@@ -17,10 +17,11 @@ from harness.checkpoint.state import TrainState
 from harness.config import RunConfig, validate_world
 from harness.data.reader import ShardedReader, rank_positions
 from harness.data.text import TextSource
+from harness.data.tokenizer import TOKENIZER_FILE
 from harness.dist.launch import init_distributed, split_mpi_comm
 from harness.eval.grid import save_grid
 from harness.eval.sampling import sample_captions
-from harness.growth.rules import freeze_for_stage
+from harness.growth.rules import freeze, frozen_for_stage
 from harness.parallel.ddp import build_optimizer, wrap_ddp
 from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import build_stage, pack_spec
@@ -90,25 +91,32 @@ def train(cfg: RunConfig) -> Path:
     prepare_run_dir(run_dir, layout.rank)
     dev = device()
 
-    text = TextSource(cfg)
+    resume = io.latest_checkpoint(run_dir)
+    start = resume or (io.resolve(cfg.train.init_from) if cfg.train.init_from else None)
+    frozen = frozen_for_stage(cfg.train.stage, io.read_meta(start) if start else None)
+
+    bundled = start / TOKENIZER_FILE if start else None      # the tokenizer the text encoder learned with
+    text = TextSource(cfg, bundled if bundled and bundled.is_file() else None)
     model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=dev)
-    frozen = freeze_for_stage(model, cfg.train.stage)
+    freeze(model, frozen)
     ddp = wrap_ddp(model, cfg)
     optimizer, scheduler = build_optimizer(ddp, cfg)
     ema = EMA(model, cfg.optim.ema_decay)
 
     state = TrainState()
-    resume = io.latest_checkpoint(run_dir)
     if resume is not None:
         state = checkpointing.restore(resume, model, ema, optimizer, scheduler)
-    elif cfg.train.init_from:
-        source = io.resolve(cfg.train.init_from)
-        state = checkpointing.restore(source, model, ema, optimizer, scheduler, with_optimizer=False)
-        state = TrainState(lineage=state.lineage + [{"checkpoint": str(source), "step": state.step}])
+    elif start is not None:
+        # A new stage from another stage's weights (and EMA): fresh optimizer and schedule.
+        loaded = checkpointing.restore(start, model, ema, optimizer, scheduler, with_optimizer=False)
+        state = TrainState(lineage=loaded.lineage + [{"checkpoint": str(start.resolve()), "step": loaded.step,
+                                                       "stage": io.read_meta(start)["stage"]}])
     if layout.rank == 0:
-        where = f"resumed from {resume}" if resume else f"initialised from {cfg.train.init_from}" if cfg.train.init_from else "from scratch"
-        print(f"stage {cfg.train.stage}: {sum(p.numel() for p in model.parameters()):,} parameters on rank 0 "
-              f"({len(frozen)} frozen tensors), layout tp={layout.tp} pp={layout.pp} dp={layout.dp}, {where}", flush=True)
+        where = f"resumed from {resume}" if resume else f"initialised from {start}" if start else "from scratch"
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"stage {cfg.train.stage}: {sum(p.numel() for p in model.parameters()):,} parameters on rank 0, "
+              f"{trainable:,} trained ({len(frozen)} tensors frozen), layout tp={layout.tp} "
+              f"pp={layout.pp} dp={layout.dp}, {where}", flush=True)
 
     # First and last pipeline stages read the batch (the last recomputes the v target from it);
     # under MPI, rank 0 of those reads the manifest and broadcasts it.

@@ -1,0 +1,82 @@
+"""Turn a stage-k checkpoint into the step-0 checkpoint of stage k+1 (DESIGN §5).
+
+Runs in any launched world at the target layout: builds the target stage model (new levels
+initialised by their seeded constructors: residual branches and the RGB exit start at zero, so the
+grown model starts as the v = 0 predictor with the carried core untouched), accounts for every
+parameter of both models (harness.growth.rules), copies the carried tensors bit for bit from the
+source checkpoint (whatever layout wrote it), and writes a complete checkpoint: weights, EMA, a
+fresh optimizer over the parameters the next stage trains, the frozen set and the lineage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+from harness.checkpoint import io, state as checkpointing
+from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
+from harness.checkpoint.state import TrainState
+from harness.config import RunConfig
+from harness.data.text import TextSource
+from harness.data.tokenizer import TOKENIZER_FILE
+from harness.growth.rules import GrowthPlan, freeze, plan_growth
+from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.parallel.layout import Layout, device
+from harness.parallel.pipeline import build_stage
+from harness.train.ema import EMA
+
+
+def _all_shapes(local: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Union over ranks of name -> global shape (pipeline stages hold different parameters)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(local)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local)
+    return {k: v for part in everyone for k, v in part.items()}
+
+
+def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "ema") -> tuple[Path, GrowthPlan]:
+    """Write the grown step-0 checkpoint into cfg.train.run_dir; `weights` picks the source family
+    (`ema` or `model`) copied into the grown model's weights and EMA."""
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be ema or model, got {weights!r}")
+    src = io.resolve(source)
+    src_meta = io.read_meta(src)
+    src_arch = src_meta["config"]["model"]["arch"]
+    stored = io.stored_shapes(src)
+    source_shapes = {k.removeprefix("model."): s for k, s in stored.items() if k.startswith("model.")}
+
+    bundled = src / TOKENIZER_FILE
+    text = TextSource(cfg, bundled if bundled.is_file() else None)
+    model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=device())
+    base = model_sharded_state_dict(model)
+    plan = plan_growth(source_shapes, _all_shapes({k: tuple(s.global_shape) for k, s in base.items()}),
+                       src_arch, cfg.model.arch)
+
+    # Copy the carried tensors this rank holds, from the source family, in fp32 (EMA precision).
+    mine = {k: sh for k, sh in base.items() if k in set(plan.carried)}
+    buffers = {k: torch.empty(sh.local_shape, dtype=torch.float32, device=sh.data.device) for k, sh in mine.items()}
+    loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", buffers), str(src))
+    ema = EMA(model, cfg.optim.ema_decay)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in mine:
+            tensor = loaded[f"{weights}.{name}"]      # the load also returns the checkpoint's common state
+            params[name].copy_(tensor)
+            ema.shadow[name].copy_(tensor)
+
+    frozen = list(plan.carried) if cfg.train.stage == "grow-frozen" else []
+    freeze(model, frozen)
+    ddp = wrap_ddp(model, cfg)
+    optimizer, scheduler = build_optimizer(ddp, cfg)
+    lineage = src_meta.get("lineage", []) + [{
+        "checkpoint": str(src.resolve()), "step": src_meta["step"], "stage": src_meta["stage"],
+        "resolution_px": src_meta["config"]["model"]["resolution_px"], "weights": weights,
+        "carried": len(plan.carried), "dropped": list(plan.dropped), "new": len(plan.new)}]
+    state = TrainState(step=0, consumed_samples=0, lineage=lineage)
+    path = checkpointing.save(cfg.train.run_dir, cfg, layout, state, model, ema, optimizer, scheduler, frozen,
+                              text.files())
+    return path, plan
