@@ -132,6 +132,16 @@ def _prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_tensors(ckpt_dir: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors of a checkpoint whose keys start with `prefix`, keys without it, in
+    this process alone: for inspection, comparison and release export, not for training."""
+    meta = {k: v for k, v in dist_checkpointing.load_tensors_metadata(str(ckpt_dir)).items() if k.startswith(prefix)}
+    request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(v.global_shape, dtype=v.dtype), replica_id=0)
+               for k, v in meta.items()}
+    loaded = dist_checkpointing.load(request, str(ckpt_dir))
+    return {k.removeprefix(prefix): loaded[k] for k in request}
+
+
 def stored_shapes(ckpt_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Global shape of every tensor stored in a checkpoint, read from its metadata only."""
     return {k: tuple(v.global_shape) for k, v in

@@ -54,7 +54,7 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
     model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=device())
     base = model_sharded_state_dict(model)
     plan = plan_growth(source_shapes, _all_shapes({k: tuple(s.global_shape) for k, s in base.items()}),
-                       src_arch, cfg.model.arch)
+                       src_arch, cfg.model.arch, src_meta["config"]["model"]["resolution_px"], cfg.model.resolution_px)
 
     # Copy the carried tensors this rank holds, from the source family, in fp32 (EMA precision).
     mine = {k: sh for k, sh in base.items() if k in set(plan.carried)}

@@ -37,12 +37,15 @@ class GrowthPlan:
 
 
 def plan_growth(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], source_arch: str,
-                target_arch: str) -> GrowthPlan:
+                target_arch: str, source_px: int, target_px: int) -> GrowthPlan:
     """Account for every parameter of both models (name -> global shape); raise listing all problems."""
     rule = RULES.get((source_arch, target_arch))
     if rule is None:
         raise GrowthError(f"no growth rule from a {source_arch} model to a {target_arch} model "
                           f"(known: {', '.join(f'{a} -> {b}' for a, b in RULES)})")
+    if target_px <= source_px:
+        raise GrowthError(f"the grown model must have a higher resolution than the source ({source_px} px), "
+                          f"got model.resolution_px={target_px}")
     carried = sorted(k for k in source if k.startswith(rule.carry))
     dropped = sorted(k for k in source if k.startswith(rule.drop) and not k.startswith(rule.carry))
     problems = []
@@ -56,8 +59,6 @@ def plan_growth(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int,
     if mismatched:
         problems.append(f"{len(mismatched)} carried parameters change shape: {', '.join(mismatched)}")
     new = sorted(set(target) - set(carried))
-    if not new:
-        problems.append("the target adds no parameters: nothing would grow")
     if problems:
         raise GrowthError("; ".join(problems))
     return GrowthPlan(tuple(carried), tuple(dropped), tuple(new))

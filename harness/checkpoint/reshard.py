@@ -1,0 +1,126 @@
+"""Checkpoint conversions: to another (TP, PP, DP) layout, and to / from one safetensors file.
+
+Checkpoint keys do not depend on the layout, so converting is: build the stages of the target
+layout, load the complete training state (weights, EMA, Megatron's optimizer state in model space,
+schedule, data position) and write it again from there. Release files hold full tensors (no
+pickles) and the run config and tokenizer in the safetensors header.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from harness.checkpoint import io, state as checkpointing
+from harness.checkpoint.state import TrainState
+from harness.config import RunConfig, from_dict
+from harness.data.text import TextSource
+from harness.data.tokenizer import TOKENIZER_FILE
+from harness.eval.sampling import stage_forward
+from harness.growth.rules import freeze, frozen_for_stage
+from harness.model.conditioning import TextInput
+from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.parallel.layout import Layout, device
+from harness.parallel.pipeline import build_stage
+from harness.train.ema import EMA
+
+FORMAT = "greedy-growing-harness/1"
+
+
+class TrainingStage:
+    """Everything a checkpoint restores into, built for the current layout."""
+
+    def __init__(self, cfg: RunConfig, layout: Layout, frozen: list[str], tokenizer: Path | None):
+        self.cfg, self.layout = cfg, layout
+        self.text = TextSource(cfg, tokenizer)
+        self.model = build_stage(cfg, layout, vocab_size=self.text.vocab_size, text_dim=self.text.text_dim,
+                                 device=device())
+        self.frozen = frozen
+        freeze(self.model, self.frozen)
+        self.ddp = wrap_ddp(self.model, cfg)
+        self.optimizer, self.scheduler = build_optimizer(self.ddp, cfg)
+        self.ema = EMA(self.model, cfg.optim.ema_decay)
+
+    def restore(self, ckpt: Path) -> TrainState:
+        return checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler)
+
+    def save(self, run_dir: Path, state: TrainState) -> Path:
+        return checkpointing.save(run_dir, self.cfg, self.layout, state, self.model, self.ema, self.optimizer,
+                                  self.scheduler, self.frozen, self.text.files())
+
+    @torch.no_grad()
+    def outputs(self, seed: int = 0, batch: int = 2) -> torch.Tensor:
+        """v predicted for a fixed random batch, on every rank (raw and EMA weights, concatenated)."""
+        g = torch.Generator().manual_seed(seed)
+        res, dev = self.cfg.model.resolution_px, device()
+        z = torch.randn(batch, 3, res, res, generator=g).to(dev)
+        t = torch.rand(batch, generator=g).to(dev)
+        vocab = self.text.vocab_size or 2
+        text = TextInput(lengths=torch.full((batch,), 4).to(dev),
+                         tokens=torch.randint(0, vocab, (batch, self.cfg.model.text_max_len), generator=g).to(dev))
+        forward = stage_forward(self.model, self.cfg, self.layout)
+        self.model.eval()
+        raw = forward(z, t, text)
+        with self.ema.applied(self.model):
+            averaged = forward(z, t, text)
+        return torch.cat([raw, averaged])
+
+
+def load_stage(ckpt: Path, layout: Layout, overrides: list[str] = ()) -> tuple[TrainingStage, TrainState]:
+    """A checkpoint's complete training state, restored into the current layout."""
+    meta = io.read_meta(ckpt)
+    cfg = from_dict(meta["config"], str(ckpt / "meta.json"), list(overrides))
+    tokenizer = ckpt / TOKENIZER_FILE
+    stage = TrainingStage(cfg, layout, frozen_for_stage(cfg.train.stage, meta), tokenizer if tokenizer.is_file() else None)
+    return stage, stage.restore(ckpt)
+
+
+def export_safetensors(ckpt: Path, out: Path, *, use_ema: bool = True) -> Path:
+    """One consolidated file of full tensors (EMA or raw weights), the run config, frozen set and
+    tokenizer in its header. Reads the checkpoint in this process alone."""
+    meta = io.read_meta(ckpt)
+    family = "ema." if use_ema else "model."
+    tensors = io.read_tensors(ckpt, family)
+    header = {"format": FORMAT, "config": json.dumps(meta["config"]), "stage": meta["stage"], "step": str(meta["step"]),
+              "consumed_samples": str(meta["consumed_samples"]), "frozen": json.dumps(meta.get("frozen", [])),
+              "weights": family.rstrip(".")}
+    tokenizer = ckpt / TOKENIZER_FILE
+    if tokenizer.is_file():
+        header[TOKENIZER_FILE] = base64.b64encode(tokenizer.read_bytes()).decode()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata=header)
+    return out
+
+
+def import_safetensors(path: Path, run_dir: Path, layout: Layout, overrides: list[str] = ()) -> Path:
+    """A training checkpoint (weights = EMA = the file's tensors, fresh optimizer) from a release file."""
+    if layout.world != 1:
+        raise ValueError(f"import reads full tensors in one process; run it without a launcher (world {layout.world})")
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a file written by tools/reshard.py --export (no format tag in the header)")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = from_dict(json.loads(header["config"]), f"{path} header", [f"train.run_dir={run_dir}", *overrides])
+    tokenizer = None
+    if TOKENIZER_FILE in header:
+        tokenizer = Path(run_dir) / f".imported-{TOKENIZER_FILE}"
+        tokenizer.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.write_bytes(base64.b64decode(header[TOKENIZER_FILE]))
+    stage = TrainingStage(cfg, layout, json.loads(header.get("frozen", "[]")), tokenizer)
+    missing = sorted(set(stage.ema.shadow) - set(tensors))
+    extra = sorted(set(tensors) - set(stage.ema.shadow))
+    if missing or extra:
+        raise ValueError(f"{path}: does not match the model of its config: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for name, p in stage.model.named_parameters():
+            p.copy_(tensors[name])
+            stage.ema.shadow[name].copy_(tensors[name])
+    state = TrainState(step=int(header["step"]), consumed_samples=int(header["consumed_samples"]),
+                       lineage=[{"imported": str(Path(path).resolve())}])
+    return stage.save(Path(run_dir), state)
