@@ -17,11 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from harness.checkpoint import io
-from harness.checkpoint.reshard import export_safetensors, import_safetensors, load_stage
+from harness.checkpoint.reshard import export_safetensors, import_safetensors, load_stage, verify
 from harness.config import ConfigError, from_dict
 from harness.dist.launch import init_distributed
 from harness.parallel.layout import initialize_layout
@@ -74,22 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def verify(source: Path, result: Path, layout, overrides: list[str]) -> None:
-    """Raise unless source and result restore identical weights and give equal outputs here."""
-    a, _ = load_stage(source, layout, overrides)
-    b, _ = load_stage(result, layout, overrides)
-    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
-        if not torch.equal(p, q) or not torch.equal(a.ema.shadow[name], b.ema.shadow[name]):
-            raise ValueError(f"{result}: {name} differs from {source}")
-    difference = (a.outputs() - b.outputs()).abs().max()
-    if dist.is_initialized():
-        dist.all_reduce(difference, op=dist.ReduceOp.MAX)
-    if difference != 0:
-        raise ValueError(f"{result}: outputs differ from {source}'s by {difference.item():.3e}")
-    if layout.rank == 0:
-        print(f"verified: weights and EMA identical, outputs on a fixed batch equal (max difference {difference.item()})")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -124,3 +125,21 @@ def import_safetensors(path: Path, run_dir: Path, layout: Layout, overrides: lis
     state = TrainState(step=int(header["step"]), consumed_samples=int(header["consumed_samples"]),
                        lineage=[{"imported": str(Path(path).resolve())}])
     return stage.save(Path(run_dir), state)
+
+
+def verify(source: Path, result: Path, layout: Layout, overrides: list[str] = ()) -> float:
+    """Raise unless source and result restore identical weights and EMA and equal outputs on a fixed
+    batch in this layout; returns the largest output difference (0.0)."""
+    a, _ = load_stage(source, layout, overrides)
+    b, _ = load_stage(result, layout, overrides)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
+        if not torch.equal(p, q) or not torch.equal(a.ema.shadow[name], b.ema.shadow[name]):
+            raise ValueError(f"{result}: {name} differs from {source}")
+    difference = (a.outputs() - b.outputs()).abs().max()
+    if dist.is_initialized():
+        dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+    if difference != 0:
+        raise ValueError(f"{result}: outputs differ from {source}'s by {difference.item():.3e}")
+    if layout.rank == 0:
+        print(f"verified {result}: weights and EMA identical, outputs on a fixed batch equal", flush=True)
+    return difference.item()
