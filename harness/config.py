@@ -141,6 +141,8 @@ class TrainConfig:
     """Steps between sample grids of held-out captions (0: only at the end)."""
     ckpt_every_steps: int = 500
     """Steps between checkpoints (a checkpoint is also written at the end)."""
+    requeue: bool = True
+    """On SIGUSR1 under Slurm (time limit near), requeue the job after the checkpoint."""
     keep_checkpoints: int = 2
     """Complete checkpoints kept in run_dir (older ones are deleted)."""
     num_samples: int = 8

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, fetch and shard the emoji data, train the core at 64 px,
-# sample held-out captions, write images and plots under runs/demo/.
-#   bash tools/demo.sh            (DEMO_MINUTES=12 bounds the core's training time)
+# grow it to 128 px (new levels around the frozen core, then end to end), sample held-out captions
+# at every stage, write images and plots under runs/demo/.
+#   bash tools/demo.sh                 DEMO_MINUTES=12 bounds the core, GROW_MINUTES=6 each growth phase
+#   DEMO_256=1 bash tools/demo.sh      also grows 128 -> 256 px (keeping the 128 px levels)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -10,10 +12,36 @@ START=$(date +%s)
 bash tools/setup_env.sh
 bash tools/prepare_demo_data.sh
 PY=$VENV/bin/python
-MINUTES=${DEMO_MINUTES:-12}
+CORE_MIN=${DEMO_MINUTES:-12}
+GROW_MIN=${GROW_MINUTES:-6}
+OUT=runs/demo
 
-echo "[demo] core pre-training: small Shallow-UViT, 64 px, at most $MINUTES min"
-"$PY" -m harness.train --config configs/demo/core.yaml train.time_limit_minutes="$MINUTES"
+stage() {   # name config [extra overrides...]: train a stage; an existing run directory resumes
+  echo "[demo] $1"
+  "$PY" -m harness.train --config "$2" "${@:3}"
+}
+grow() {    # source config [overrides...]: write the next stage's step-0 checkpoint once
+  local run; run=$("$PY" -c "import sys; from harness.config import load; print(load(sys.argv[1], sys.argv[2:]).train.run_dir)" "${@:2}")
+  [ -f "$run/latest" ] || "$PY" tools/grow.py --source "$1" --config "$2" "${@:3}"
+}
+
+stage "core pre-training: small Shallow-UViT, 64 px, at most $CORE_MIN min" configs/demo/core.yaml \
+  train.time_limit_minutes="$CORE_MIN"
+grow $OUT/core configs/demo/grow-frozen.yaml
+stage "grow, core frozen: new levels at 128 px, at most $GROW_MIN min" configs/demo/grow-frozen.yaml \
+  train.time_limit_minutes="$GROW_MIN"
+stage "grow, end to end at 128 px, at most $GROW_MIN min" configs/demo/grow-finetune.yaml \
+  train.time_limit_minutes="$GROW_MIN"
+STAGES=($OUT/core $OUT/grow-frozen $OUT/grow-finetune)
+if [ "${DEMO_256:-0}" = 1 ]; then
+  grow $OUT/grow-finetune configs/demo/grow-frozen-256.yaml
+  stage "grow again, 128 -> 256 px levels frozen" configs/demo/grow-frozen-256.yaml train.time_limit_minutes="$GROW_MIN"
+  stage "grow again, end to end at 256 px" configs/demo/grow-finetune-256.yaml train.time_limit_minutes="$GROW_MIN"
+  STAGES+=($OUT/grow-frozen-256 $OUT/grow-finetune-256)
+fi
+echo "[demo] sampling held-out captions at every stage"
+"$PY" tools/stage_grid.py "${STAGES[@]}" --out $OUT/stages.png
+for s in "${STAGES[@]}"; do "$PY" tools/inspect_ckpt.py "$s" | head -5; done
 
 echo "[demo] done in $(( $(date +%s) - START )) s; outputs:"
-ls -1 runs/demo/core/*.png
+ls -1 $OUT/*.png $OUT/*/*.png

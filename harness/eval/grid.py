@@ -21,7 +21,7 @@ def save_grid(path: str | Path, rows: list[torch.Tensor], captions: list[str], r
     """Write rows of images (each (n, 3, H, W) in [-1, 1]) as one PNG with captions below the columns."""
     n = len(captions)
     font = ImageFont.load_default()
-    label_w = 90 if row_labels else 0
+    label_w = 100 if row_labels else 0
     text_h = 44
     grid = Image.new("RGB", (label_w + n * cell_px, len(rows) * cell_px + text_h), "white")
     draw = ImageDraw.Draw(grid)
@@ -30,7 +30,7 @@ def save_grid(path: str | Path, rows: list[torch.Tensor], captions: list[str], r
             tile = Image.fromarray(img).resize((cell_px, cell_px), Image.NEAREST)
             grid.paste(tile, (label_w + c * cell_px, r * cell_px))
         if row_labels:
-            draw.text((4, r * cell_px + cell_px // 2 - 6), row_labels[r], fill="black", font=font)
+            draw.multiline_text((4, r * cell_px + cell_px // 2 - 16), row_labels[r], fill="black", font=font)
     for c, caption in enumerate(captions):
         lines = textwrap.wrap(caption, width=max(cell_px // 7, 8))[:3]
         draw.multiline_text((label_w + c * cell_px + 2, len(rows) * cell_px + 2), "\n".join(lines), fill="black",

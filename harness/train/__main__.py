@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from harness.config import ConfigError, load
 
@@ -18,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Megatron-core 0.16 calls torch.distributed APIs that torch 2.13 deprecates, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"megatron")
     from harness.train.loop import train   # heavy imports only after the config is known to be good
     train(cfg)
     return 0

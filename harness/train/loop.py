@@ -27,6 +27,7 @@ from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import build_stage, pack_spec
 from harness.train.ema import EMA
 from harness.train.logging import StepLogger, plot_loss_curve
+from harness.train.signals import StopSignals, requeue_slurm_job
 from harness.train.step import MicroBatch, StepRunner
 
 
@@ -72,13 +73,12 @@ def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource,
         save_grid(path, [real, images], batch.captions, ["held-out", "sampled"])
 
 
-def _agree(flag: bool) -> bool:
-    """True on every rank if it is true on any (stop decisions must be collective)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([float(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def _agree(*flags: bool) -> list[bool]:
+    """Each flag true on every rank if it is true on any (stop decisions must be collective)."""
+    t = torch.tensor([float(f) for f in flags])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
 
 
 def train(cfg: RunConfig) -> Path:
@@ -134,6 +134,7 @@ def train(cfg: RunConfig) -> Path:
                                       text.files())
     start = time.perf_counter()
     t = cfg.train
+    signals = StopSignals()
 
     while state.step < t.steps:
         mbs = microbatches(reader, text, cfg, layout, dev) if reader is not None else None
@@ -144,14 +145,24 @@ def train(cfg: RunConfig) -> Path:
         logger.record(state.step, metrics, t.log_every_steps)
         if t.sample_every_steps and state.step % t.sample_every_steps == 0 and state.step < t.steps:
             write_samples(run_dir / f"samples_step{state.step:07d}.png", model, ema, cfg, text, layout, dev)
-        out_of_time = _agree(bool(t.time_limit_minutes) and time.perf_counter() - start > t.time_limit_minutes * 60)
-        if state.step % t.ckpt_every_steps == 0 or out_of_time:
-            save()
+        out_of_time, usr1, term = _agree(
+            bool(t.time_limit_minutes) and time.perf_counter() - start > t.time_limit_minutes * 60,
+            signals.received == "SIGUSR1", signals.received == "SIGTERM")
+        if state.step % t.ckpt_every_steps == 0 or out_of_time or usr1 or term:
+            last = save()
+        if usr1 or term:
+            signals.restore()
+            if layout.rank == 0:
+                what = requeue_slurm_job() if usr1 and t.requeue else "not requeued"
+                print(f"{'SIGTERM' if term else 'SIGUSR1'} at step {state.step}: checkpoint {last} written, {what}",
+                      flush=True)
+            return last
         if out_of_time:
             if layout.rank == 0:
                 print(f"time limit of {t.time_limit_minutes} min reached at step {state.step}", flush=True)
             break
 
+    signals.restore()
     last = save()
     write_samples(run_dir / "samples.png", model, ema, cfg, text, layout, dev)
     if layout.rank == 0:
