@@ -24,6 +24,11 @@ class TextInput:
     emb: torch.Tensor | None = None        # (B, L, D) precomputed frozen-encoder states
     drop: torch.Tensor | None = None       # (B,) bool: use the null caption (guidance training)
 
+    def select(self, index) -> TextInput:
+        """The captions at `index` (a slice or index tensor) of the batch."""
+        pick = lambda x: None if x is None else x[index]  # noqa: E731
+        return TextInput(pick(self.lengths), pick(self.tokens), pick(self.emb), pick(self.drop))
+
 
 class TextEncoder(nn.Module):
     """A small pre-norm transformer over caption tokens, trained with the diffusion model."""

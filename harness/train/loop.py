@@ -50,14 +50,8 @@ def microbatches(reader: ShardedReader, text: TextSource, cfg: RunConfig, layout
     x0 = batch.images.to(dev, torch.float32) / 127.5 - 1.0
     captions = text.encode(batch, dev)
     m = cfg.parallel.micro_batch
-    out = []
-    for i in range(0, len(positions), m):
-        sl = slice(i, i + m)
-        tokens = captions.tokens[sl] if captions.tokens is not None else None
-        emb = captions.emb[sl] if captions.emb is not None else None
-        out.append(MicroBatch(x0[sl], type(captions)(lengths=captions.lengths[sl], tokens=tokens, emb=emb),
-                              positions[sl]))
-    return out
+    return [MicroBatch(x0[i:i + m], captions.select(slice(i, i + m)), positions[i:i + m])
+            for i in range(0, len(positions), m)]
 
 
 def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource, layout: Layout, dev) -> None:
@@ -75,7 +69,7 @@ def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource,
 
 def _agree(*flags: bool) -> list[bool]:
     """Each flag true on every rank if it is true on any (stop decisions must be collective)."""
-    t = torch.tensor([float(f) for f in flags])
+    t = torch.tensor([float(f) for f in flags], device=device())   # NCCL reduces device tensors only
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(x) for x in t.tolist()]
