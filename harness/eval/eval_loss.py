@@ -16,7 +16,7 @@ import torch
 from harness.config import RunConfig
 from harness.diffusion.objective import diffuse, sample_generator, v_loss, v_target
 from harness.diffusion.schedule import Schedule
-from harness.eval.sampling import stage_forward, text_rows
+from harness.eval.sampling import stage_forward
 from harness.model.conditioning import TextInput
 from harness.model.uvit import UViT
 from harness.parallel.layout import Layout
@@ -47,7 +47,7 @@ def per_sample_losses(model: UViT, cfg: RunConfig, layout: Layout, x0: torch.Ten
             rows = list(range(start, min(start + batch_size, len(indices))))
             x = x0[rows].to(device, torch.float32)
             noise = fixed_noise(seed, [indices[r] for r in rows], tuple(x.shape[1:])).to(device)
-            text_b = text_rows(text, rows)
+            text_b = text.select(list(rows))
             text_b.drop = torch.zeros(len(rows), dtype=torch.bool, device=device)
             for j, t in enumerate(times):
                 tt = torch.full((len(rows),), float(t), dtype=torch.float32)

@@ -100,18 +100,23 @@ def feature_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(0), np.cov(x, rowvar=False)
 
 
+def _psd_eigenvalues_root(w: np.ndarray) -> np.ndarray:
+    """sqrt of a PSD matrix's eigenvalues, those at round-off level (< 1e-12 of the largest) set to 0:
+    a rank-deficient covariance (n < D samples) has D - n + 1 of them, and sqrt(1e-16) each would add up."""
+    return np.sqrt(np.where(w > 1e-12 * max(w.max(), 0.0), w, 0.0))
+
+
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix (negative round-off eigenvalues -> 0)."""
+    """Symmetric square root of a symmetric PSD matrix."""
     w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return (v * _psd_eigenvalues_root(w)) @ v.T
 
 
 def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, s1) and N(mu2, s2) (see the module docstring for the method)."""
     root1 = _sqrt_psd(s1)
     middle = root1 @ s2 @ root1
-    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
-    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    tr_covmean = _psd_eigenvalues_root(np.linalg.eigvalsh((middle + middle.T) / 2)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 

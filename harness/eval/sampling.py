@@ -18,7 +18,7 @@ from harness.diffusion.samplers import guided, sample
 from harness.diffusion.schedule import Schedule
 from harness.model.conditioning import TextInput
 from harness.model.uvit import UViT
-from harness.parallel.layout import Layout
+from harness.parallel.layout import Layout, device
 from harness.parallel.pipeline import pack, pack_spec, unpack
 
 
@@ -30,19 +30,13 @@ def shard_positions(n: int, layout: Layout) -> list[int]:
 def gather_rows(local: torch.Tensor, positions: Sequence[int], n: int, layout: Layout) -> torch.Tensor:
     """(n, ...) on every rank from each data-parallel rank's rows at `positions` (collective over DP).
 
-    A sum of zero-filled tensors: exact, and deterministic whatever the reduction order."""
-    full = torch.zeros((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    full[list(positions)] = local
+    A sum of zero-filled tensors: exact, and deterministic whatever the reduction order. The result
+    is on this rank's compute device (NCCL reduces only GPU tensors)."""
+    full = torch.zeros((n, *local.shape[1:]), dtype=local.dtype, device=device())
+    full[list(positions)] = local.to(full.device)
     if layout.dp > 1:
         dist.all_reduce(full, group=layout.dp_group)
     return full
-
-
-def text_rows(text: TextInput, rows: Sequence[int]) -> TextInput:
-    """The captions at `rows` of a TextInput."""
-    rows = list(rows)
-    pick = lambda x: None if x is None else x[rows]  # noqa: E731
-    return TextInput(lengths=text.lengths[rows], tokens=pick(text.tokens), emb=pick(text.emb), drop=pick(text.drop))
 
 
 def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:

@@ -25,7 +25,7 @@ class TextInput:
     drop: torch.Tensor | None = None       # (B,) bool: use the null caption (guidance training)
 
     def select(self, index) -> TextInput:
-        """The captions at `index` (a slice or index tensor) of the batch."""
+        """The captions at `index` (a slice, or a list or tensor of rows) of the batch."""
         pick = lambda x: None if x is None else x[index]  # noqa: E731
         return TextInput(pick(self.lengths), pick(self.tokens), pick(self.emb), pick(self.drop))
 
