@@ -115,8 +115,10 @@ class ShallowUViT(UViT):
             self.enc = self._seeded("enc", lambda: ResBlock(c, c, h, self.cfg.dropout))
         if self.post_process:
             self.dec = self._seeded("dec", lambda: ResBlock(2 * c, c, h, self.cfg.dropout))
-            self.head = self._seeded("head", lambda: nn.Sequential(
-                group_norm(c), nn.SiLU(), zero_(nn.Conv2d(c, 3 * p * p, 1))))
+            # Linear in the normalised features (as DiT's final layer): each output pixel of a patch
+            # is read from the patch's channels; a SiLU here would discard their negative half,
+            # which a 4x4x3 patch in 128 channels cannot spare (250-step loss 0.23 vs 0.44 with it).
+            self.head = self._seeded("head", lambda: nn.Sequential(group_norm(c), zero_(nn.Conv2d(c, 3 * p * p, 1))))
 
     @property
     def patch(self) -> int:
