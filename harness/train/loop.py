@@ -147,9 +147,12 @@ def train(cfg: RunConfig) -> Path:
         if usr1 or term:
             signals.restore()
             if layout.rank == 0:
-                what = requeue_slurm_job() if usr1 and t.requeue else "not requeued"
-                print(f"{'SIGTERM' if term else 'SIGUSR1'} at step {state.step}: checkpoint {last} written, {what}",
-                      flush=True)
+                requeue = usr1 and t.requeue
+                # Printed before the requeue: `scontrol requeue` ends this job step at once.
+                print(f"{'SIGTERM' if term else 'SIGUSR1'} at step {state.step}: checkpoint {last} written, "
+                      f"{'requeueing' if requeue else 'not requeued'}", flush=True)
+                if requeue:
+                    print(requeue_slurm_job(), flush=True)
             return last
         if out_of_time:
             if layout.rank == 0:

@@ -87,7 +87,7 @@ def test_usr1_requeue_and_preemption_resume_exactly(cluster, tiny_data, tmp_path
     for count in (0, 1, 2):
         assert f"SLURM_RESTART_COUNT={count} " in text
     usr1_ckpt = run / f"step_{usr1_step:07d}"
-    assert f"SIGUSR1 at step {usr1_step}: checkpoint {usr1_ckpt} written, job {job_id} requeued" in text
+    assert f"SIGUSR1 at step {usr1_step}: checkpoint {usr1_ckpt} written, requeueing" in text
     assert re.search(rf"\*\*\* JOB {job_id} ON \S+ CANCELLED AT \S+ DUE TO PREEMPTION \*\*\*", text)
     resumed = [line.split("resumed from ")[1] for line in lines if "resumed from" in line and line.startswith("stage")]
     assert resumed == [str(run / f"step_{usr1_step:07d}"), str(run / f"step_{term_step:07d}")]
