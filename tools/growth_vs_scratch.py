@@ -1,14 +1,17 @@
 """The paper's second claim at small scale: growing a pre-trained core beats training the grown
 architecture from scratch for the same training compute.
 
-    python tools/growth_vs_scratch.py --out runs/growth_vs_scratch --core-steps 600 --frozen-steps 300 --finetune-steps 300
+    python tools/growth_vs_scratch.py --reuse runs/demo              # arm A = the demo's finished stages
+    python tools/growth_vs_scratch.py --out runs/gvs --core-steps 600 --frozen-steps 300 --finetune-steps 300
 
-Arm A (greedy growing, configs/demo/*): core at 64 px -> grow -> grow-frozen -> grow-finetune at 128 px.
-Arm B: the same 128 px architecture from scratch (core's learning-rate settings) for as many steps
-as make its training FLOPs equal arm A's total. FLOPs per step are counted (FlopCounterMode) on one
-real step of each configuration (frozen layers skip their weight gradients). Both arms are then
-scored by the held-out v-loss at fixed noise levels and seeds (harness/eval/eval_loss.py), and one
-PNG shows the same held-out captions from every checkpoint.
+Arm A (greedy growing, configs/demo/*): core at 64 px -> grow -> grow-frozen -> grow-finetune at
+128 px, either trained here for the given steps or taken from finished runs (`--reuse DIR` with
+DIR/core, DIR/grow-frozen, DIR/grow-finetune; their steps come from their checkpoints).
+Arm B: the same 128 px architecture from scratch, with the core's learning-rate settings, for as
+many steps as make its training FLOPs equal arm A's total. FLOPs per step are counted
+(FlopCounterMode) on one real step of each stage's configuration (frozen layers skip their weight
+gradients). Both arms are scored by the held-out v-loss at fixed noise levels and seeds
+(harness/eval/eval_loss.py); one PNG shows the same held-out captions from every checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import load
+from harness.checkpoint import io
+from harness.config import from_dict, load
 from harness.data.reader import ShardedReader
 from harness.dist.launch import init_distributed
 from harness.eval.eval_loss import per_sample_losses, summarize
@@ -33,14 +37,18 @@ from harness.parallel.layout import initialize_layout
 from harness.train.loop import train
 from harness.train.synthetic import synthetic_step
 
+ARM_A = ("core", "grow-frozen", "grow-finetune")
+FROZEN = {"grow-frozen": ("cond.", "core.")}
 
-def step_tflops(cfg, frozen_prefixes=()) -> float:
+
+def step_tflops(cfg, stage: str) -> float:
     """Training FLOPs of one optimizer step of `cfg` (counted on a real step, random data)."""
-    step, _ = synthetic_step(cfg, initialize_layout(1, 1), frozen_prefixes=frozen_prefixes)
+    step, _ = synthetic_step(cfg, initialize_layout(1, 1), frozen_prefixes=FROZEN.get(stage, ()))
     return count_flops(step) / 1e12
 
 
 def heldout_loss(run: Path, num: int) -> dict:
+    """Held-out v-loss at fixed t and noise of a run's latest checkpoint (EMA weights)."""
     loaded = load_for_inference(run)
     cfg = loaded.cfg
     with ShardedReader(cfg.data.heldout_path, resolution_px=cfg.model.resolution_px, global_batch=1,
@@ -52,57 +60,65 @@ def heldout_loss(run: Path, num: int) -> dict:
     return {"step": loaded.meta["step"], "resolution_px": cfg.model.resolution_px, **summarize(losses)}
 
 
+def train_arm_a(out: Path, steps: dict[str, int], common: list[str]) -> None:
+    for stage in ARM_A:
+        extra = [f"train.init_from={out / 'grow-frozen'}"] if stage == "grow-finetune" else []
+        cfg = load(f"configs/demo/{stage}.yaml", common + [f"train.run_dir={out / stage}", f"train.steps={steps[stage]}",
+                                                           f"optim.decay_steps={steps[stage]}", *extra])
+        if stage == "grow-frozen" and not (out / stage / io.LATEST).exists():
+            grow(out / "core", cfg, initialize_layout(1, 1))
+        train(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/growth_vs_scratch"))
+    parser.add_argument("--reuse", type=Path, help="take arm A from DIR/{core,grow-frozen,grow-finetune}")
     parser.add_argument("--core-steps", type=int, default=600)
     parser.add_argument("--frozen-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=300)
-    parser.add_argument("--eval-num", type=int, default=128, help="held-out images for the eval loss")
-    parser.add_argument("overrides", nargs="*", help="applied to every stage, e.g. data paths")
+    parser.add_argument("--eval-num", type=int, default=169, help="held-out images for the eval loss")
+    parser.add_argument("overrides", nargs="*", help="applied to every stage trained here, e.g. data paths")
     args = parser.parse_args(argv)
     init_distributed()
-    out = args.out
     common = ["train.time_limit_minutes=0", "train.sample_every_steps=0"] + args.overrides
-    stage = lambda cfg, run, steps, extra=(): load(cfg, common + [  # noqa: E731
-        f"train.run_dir={out / run}", f"train.steps={steps}", f"optim.decay_steps={steps}", *extra])
-    core = stage("configs/demo/core.yaml", "core", args.core_steps)
-    frozen = stage("configs/demo/grow-frozen.yaml", "grow-frozen", args.frozen_steps)
-    finetune = stage("configs/demo/grow-finetune.yaml", "grow-finetune", args.finetune_steps,
-                     [f"train.init_from={out / 'grow-frozen'}"])
-    flops = {"core": step_tflops(core), "grow-frozen": step_tflops(frozen, ("cond.", "core.")),
-             "grow-finetune": step_tflops(finetune)}
-    budget = (args.core_steps * flops["core"] + args.frozen_steps * flops["grow-frozen"]
-              + args.finetune_steps * flops["grow-finetune"])
-    scratch_steps = math.ceil(budget / flops["grow-finetune"])
-    opt = core.optim
-    scratch = stage("configs/demo/grow-finetune.yaml", "scratch", scratch_steps, [
-        "train.init_from=", f"optim.lr={opt.lr}", f"optim.min_lr={opt.min_lr}", f"optim.warmup_steps={opt.warmup_steps}"])
-    print(f"TFLOP per step: {flops}; arm A total {budget:.1f} TFLOP; scratch: {scratch_steps} steps", flush=True)
+    arm_a = {s: (args.reuse or args.out) / s for s in ARM_A}
+    if args.reuse is None:
+        train_arm_a(args.out, {"core": args.core_steps, "grow-frozen": args.frozen_steps,
+                               "grow-finetune": args.finetune_steps}, common)
+    metas = {s: io.read_meta(io.resolve(run)) for s, run in arm_a.items()}
+    flops = {s: step_tflops(from_dict(m["config"]), s) for s, m in metas.items()}
+    steps = {s: m["step"] for s, m in metas.items()}
+    budget = sum(steps[s] * flops[s] for s in ARM_A)
 
-    train(core)
-    if not (out / "grow-frozen" / "latest").exists():
-        grow(out / "core", frozen, initialize_layout(1, 1))
-    train(frozen)
-    train(finetune)
+    finetune = from_dict(metas["grow-finetune"]["config"])
+    flops["scratch"] = step_tflops(finetune, "scratch")
+    steps["scratch"] = math.ceil(budget / flops["scratch"])
+    core_optim = from_dict(metas["core"]["config"]).optim
+    scratch = from_dict(metas["grow-finetune"]["config"], "scratch", common + [
+        f"train.run_dir={args.out / 'scratch'}", "train.init_from=", f"train.steps={steps['scratch']}",
+        f"optim.decay_steps={steps['scratch']}", f"optim.lr={core_optim.lr}", f"optim.min_lr={core_optim.min_lr}",
+        f"optim.warmup_steps={core_optim.warmup_steps}"])
+    print(f"TFLOP per step {flops}; arm A steps {steps}; {budget:.1f} TFLOP each arm", flush=True)
     train(scratch)
 
-    results = {"tflop_per_step": flops, "budget_tflop": budget,
-               "steps": {"core": args.core_steps, "grow-frozen": args.frozen_steps,
-                         "grow-finetune": args.finetune_steps, "scratch": scratch_steps},
-               "heldout_loss": {run: heldout_loss(out / run, args.eval_num)
-                                for run in ("core", "grow-frozen", "grow-finetune", "scratch")}}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    subprocess.run([sys.executable, "tools/stage_grid.py", *(str(out / r) for r in
-                    ("core", "grow-frozen", "grow-finetune", "scratch")), "--out", str(out / "samples.png")], check=True)
+    runs = {**arm_a, "scratch": args.out / "scratch"}
+    results = {"tflop_per_step": flops, "steps": steps, "budget_tflop": budget,
+               "heldout_loss": {name: heldout_loss(run, args.eval_num) for name, run in runs.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    subprocess.run([sys.executable, "tools/stage_grid.py", *map(str, runs.values()), "--out",
+                    str(args.out / "samples.png")], check=True)
+    spent, total = {}, 0.0
+    for s in ARM_A:
+        total += steps[s] * flops[s]
+        spent[s] = total
+    spent["scratch"] = steps["scratch"] * flops["scratch"]
     times = list(results["heldout_loss"]["scratch"]["per_t"])
-    print("| run | res | train TFLOP | " + " | ".join(f"t={t}" for t in times) + " | mean |")
-    for run, r in results["heldout_loss"].items():
-        spent = {"core": args.core_steps * flops["core"], "grow-frozen": args.core_steps * flops["core"]
-                 + args.frozen_steps * flops["grow-frozen"], "grow-finetune": budget,
-                 "scratch": scratch_steps * flops["grow-finetune"]}[run]
-        print(f"| {run} | {r['resolution_px']} | {spent:.0f} | " + " | ".join(f"{r['per_t'][t]:.4f}" for t in times)
-              + f" | {r['mean']:.4f} |")
+    print("| run | px | steps | cumulative TFLOP | " + " | ".join(f"t={t}" for t in times) + " | mean |")
+    for name, r in results["heldout_loss"].items():
+        print(f"| {name} | {r['resolution_px']} | {steps[name]} | {spent[name]:.0f} | "
+              + " | ".join(f"{r['per_t'][t]:.4f}" for t in times) + f" | {r['mean']:.4f} |")
     return 0
 
 
