@@ -98,8 +98,8 @@ def versions() -> dict:
 
 
 def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, keep: int = 2,
-         files: dict[str, Path] | None = None) -> Path:
-    """Collectively write `sharded_state_dict` + meta.json (+ `files`, copied in under their names)
+         files: dict[str, bytes] | None = None) -> Path:
+    """Collectively write `sharded_state_dict` + meta.json (+ `files`, written under their names)
     as run_dir/step_NNNNNNN; return its path."""
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
@@ -116,8 +116,8 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
     if _rank() == 0:
         meta = {"format_version": FORMAT_VERSION, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "versions": versions(), **meta}
-        for name, source in (files or {}).items():
-            shutil.copyfile(source, tmp / name)
+        for name, content in (files or {}).items():
+            (tmp / name).write_bytes(content)
         write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
         os.rename(tmp, final)
         write_text_atomic(run_dir / LATEST, final.name + "\n")

@@ -41,7 +41,7 @@ def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
 
 
 def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema, optimizer,
-         scheduler, frozen: list[str], files: dict[str, Path] | None = None) -> Path:
+         scheduler, frozen: list[str], files: dict[str, bytes] | None = None) -> Path:
     """Collectively write a complete training checkpoint of this step."""
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,

@@ -29,9 +29,9 @@ class TextSource:
                                  "has no text_embedding (run tools/embed_captions.py)")
             self.text_dim = int(spec["dim"])
 
-    def files(self) -> dict[str, Path]:
+    def files(self) -> dict[str, bytes]:
         """Files a checkpoint must carry to encode captions without the data set (the tokenizer)."""
-        return {TOKENIZER_FILE: self.tokenizer.path} if self.tokenizer else {}
+        return {TOKENIZER_FILE: self.tokenizer.model_bytes} if self.tokenizer else {}
 
     @property
     def vocab_size(self) -> int | None:

@@ -41,9 +41,12 @@ class Tokenizer:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no tokenizer model; train one with "
                                     f"tools/train_tokenizer.py --data <data set>")
+        # Kept in memory: a checkpoint bundles these bytes even after the file it came from is
+        # pruned (a stage started from a checkpoint in its own run folder deletes it later).
+        self.model_bytes = self.path.read_bytes()
         self._sp = spm.SentencePieceProcessor()
         try:
-            self._sp.load(str(self.path))
+            self._sp.load_from_serialized_proto(self.model_bytes)
         except (OSError, RuntimeError) as e:
             raise ValueError(f"{self.path}: not a SentencePiece model ({' '.join(str(e).split())})") from None
         self.vocab_size: int = self._sp.get_piece_size()

@@ -8,6 +8,7 @@ import torch
 from harness.checkpoint import io
 from harness.checkpoint.sharded import model_sharded_state_dict
 from harness.config import ModelConfig, load
+from harness.data.tokenizer import TOKENIZER_FILE
 from harness.growth.grow import grow
 from harness.growth.rules import GrowthError, frozen_for_stage, plan_growth
 from harness.model.uvit import build_model
@@ -129,3 +130,16 @@ def test_growth_optimizer_state_is_fresh(grown, tmp_path):
     train(cfg(fresh, [f"train.init_from={grown['step0']}"]))
     losses = [[json.loads(x)["loss"] for x in (r / "log.jsonl").read_text().splitlines()] for r in (resumed, fresh)]
     assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+def test_stage_outlives_its_pruned_start_checkpoint(grown, tmp_path):
+    """grow.py's step-0 checkpoint lives in the stage's own run folder and is pruned by later saves;
+    the saves after that still bundle the tokenizer the stage started with."""
+    run = tmp_path / "frozen"
+    cfg = load("configs/tiny/grow-frozen.yaml", grown["data"] + [
+        f"train.run_dir={run}", "train.steps=3", "train.ckpt_every_steps=1", "train.keep_checkpoints=1"])
+    step0, _ = grow(grown["root"] / "core", cfg, initialize_layout(1, 1))
+    tokenizer = (step0 / TOKENIZER_FILE).read_bytes()
+    train(cfg)
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_0000003"]
+    assert (run / "step_0000003" / TOKENIZER_FILE).read_bytes() == tokenizer
