@@ -87,3 +87,14 @@ def test_a_dead_rank_stops_the_job_and_is_named(uninterrupted, tmp_path):
     assert proc.returncode != 0
     assert time.time() - killed_at < 60, "the surviving rank did not stop in bounded time"
     assert "rank      : 1" in output or "rank: 1" in output, output[-3000:]
+
+
+def test_srun_with_the_wrong_mpi_plugin_is_named():
+    """srun with a --mpi= plugin that does not match the MPI library: every task is an MPI world of
+    one while SLURM_NTASKS says more; stop with one line instead of training N copies alone."""
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_STEP_ID": "0", "PATH": str(BIN)}
+    code = "from harness.dist.launch import init_distributed; init_distributed()"
+    out = subprocess.run([str(BIN / "python"), "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    assert "rank 0: MPI world size 1 != SLURM_NTASKS 2; the srun --mpi= plugin does not match" in out.stderr
