@@ -54,8 +54,11 @@ class Draws:
 
 
 def sample_generator(seed: int, position: int) -> torch.Generator:
-    """A CPU generator for one sample, seeded by (run seed, stream position)."""
-    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + position * 0xBF58476D1CE4E5B9) % (2**63))
+    """A CPU generator for one sample, seeded by (run seed, stream position).
+
+    Python ints on purpose: a numpy or tensor index would overflow int64 in the mixing product."""
+    mixed = int(seed) * 0x9E3779B97F4A7C15 + int(position) * 0xBF58476D1CE4E5B9
+    return torch.Generator().manual_seed(mixed % (2**63))
 
 
 def draw(positions: Sequence[int], shape: tuple[int, ...], seed: int, drop_prob: float) -> Draws:

@@ -100,3 +100,11 @@ def test_guidance_combines_linearly():
     z = torch.zeros(2, 3)
     torch.testing.assert_close(guided(cond, uncond, 3.0)(z, None), torch.full((2, 3), 3.0))
     assert guided(cond, uncond, 1.0) is cond
+
+
+def test_sample_generator_takes_numpy_and_tensor_indices():
+    import numpy as np
+
+    from harness.diffusion.objective import sample_generator
+    draws = [torch.randn(3, generator=sample_generator(7, i)) for i in (5, np.int64(5), torch.tensor(5))]
+    assert all(torch.equal(draws[0], d) for d in draws[1:])
