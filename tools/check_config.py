@@ -23,18 +23,7 @@ import sys
 from pathlib import Path
 
 from harness.config import ConfigError, load, validate_world
-
-
-def _writable(run_dir: Path) -> str | None:
-    """None if run_dir exists (or was created) and takes a file; else why not."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
+from harness.train.rundir import unwritable_reason
 
 
 def check(config: str, overrides: list[str], world_size: int | None, source: str | None) -> str:
@@ -42,7 +31,7 @@ def check(config: str, overrides: list[str], world_size: int | None, source: str
     cfg = load(config, overrides)
     dp = validate_world(cfg, world_size) if world_size else None
     run_dir = Path(cfg.train.run_dir)
-    if (why := _writable(run_dir)) is not None:
+    if (why := unwritable_reason(run_dir)) is not None:
         raise ConfigError(f"train.run_dir {run_dir}: not writable ({why})")
     for key in ("path", "heldout_path"):
         path = Path(getattr(cfg.data, key))

@@ -26,6 +26,7 @@ from harness.parallel.ddp import build_optimizer, wrap_ddp
 from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import build_stage, pack_spec
 from harness.train.ema import EMA
+from harness.train.rundir import unwritable_reason
 from harness.train.logging import StepLogger, plot_loss_curve
 from harness.train.signals import StopSignals, requeue_slurm_job
 from harness.train.step import MicroBatch, StepRunner
@@ -33,14 +34,8 @@ from harness.train.step import MicroBatch, StepRunner
 
 def prepare_run_dir(run_dir: Path, rank: int) -> None:
     """Create the run directory (rank 0) or fail at once with a one-line reason."""
-    if rank == 0:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write-test-{rank}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise SystemExit(f"train.run_dir {run_dir}: not writable ({e.strerror})") from None
+    if rank == 0 and (reason := unwritable_reason(run_dir)):
+        raise SystemExit(f"train.run_dir {run_dir}: not writable ({reason})")
 
 
 def microbatches(reader: ShardedReader, text: TextSource, cfg: RunConfig, layout: Layout, dev) -> list[MicroBatch]:
