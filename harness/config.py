@@ -101,6 +101,10 @@ class OptimConfig:
     """Global gradient-norm clip (0 disables)."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of the weights used for sampling (0 disables)."""
+    override_schedule: bool = False
+    """On resume, take the learning-rate and weight-decay schedule from this config instead of the
+    checkpoint (Megatron-LM's --override-opt_param-scheduler); the step count still comes from the
+    checkpoint. Without it a resumed run keeps the schedule it was started with."""
 
 
 @dataclass
@@ -148,9 +152,14 @@ class TrainConfig:
     num_samples: int = 8
     """Held-out captions in each sample grid."""
     precision: str = "fp32"
-    """`fp32`, or `bf16` (bf16 weights and compute, fp32 main weights in the optimizer)."""
+    """`fp32`, `bf16` (bf16 weights and compute, fp32 main weights in the optimizer), or `auto`: bf16
+    where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
+    else fp32. Checkpoints record the precision that ran (meta.json `precision`)."""
     matmul_precision: str = "medium"
     """torch.set_float32_matmul_precision: `highest`, `high` or `medium`."""
+    continuity_samples: int = 64
+    """Samples on which a stage started from a checkpoint scores the loaded weights before its first
+    step, logged next to the source's last loss (0: no check)."""
 
 
 @dataclass
@@ -325,12 +334,14 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
              f"{t.stage!r} does not fit model.arch {m.arch!r} (core trains the shallow model, "
              "grow-* stages the grown one)")
     _require(t.steps >= 1, source, "train.steps", "must be >= 1")
-    _require(t.precision in ("fp32", "bf16"), source, "train.precision", f"must be fp32 or bf16, got {t.precision!r}")
+    _require(t.precision in ("fp32", "bf16", "auto"), source, "train.precision",
+             f"must be fp32, bf16 or auto, got {t.precision!r}")
     _require(t.matmul_precision in ("highest", "high", "medium"), source, "train.matmul_precision",
              f"must be highest, high or medium, got {t.matmul_precision!r}")
     for key in ("log_every_steps", "ckpt_every_steps", "keep_checkpoints", "num_samples"):
         _require(getattr(t, key) >= 1, source, f"train.{key}", "must be >= 1")
     _require(t.sample_every_steps >= 0, source, "train.sample_every_steps", "must be >= 0")
+    _require(t.continuity_samples >= 0, source, "train.continuity_samples", "must be >= 0")
     size = MODEL_SIZES[m.size]
     _require(size.heads % p.tp == 0, source, "parallel.tp",
              f"({p.tp}) must divide the core's {size.heads} attention heads (model.size={m.size})")

@@ -57,4 +57,4 @@ def tiny_overrides(tiny_data, tmp_path):
             f"train.run_dir={tmp_path / 'run'}", "model.size=tiny", "parallel.global_batch=8",
             "parallel.micro_batch=4", "train.log_every_steps=1", "train.sample_every_steps=0",
             "train.num_samples=2", "diffusion.sample_steps=2", "optim.warmup_steps=2",
-            "train.matmul_precision=highest"]
+            "train.matmul_precision=highest", "train.continuity_samples=8"]

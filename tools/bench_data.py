@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import hdf5plugin  # noqa: F401 - registers the Blosc filter
 import numpy as np
+
 from harness.data.format import read_manifest
 from harness.data.reader import ShardedReader, area_downsample
 

@@ -32,11 +32,8 @@ def worker(args) -> None:
     from harness.config import load
     from harness.dist.launch import init_distributed
     from harness.eval.flops import count_flops
-    from harness.model.conditioning import TextInput
-    from harness.parallel.ddp import build_optimizer, wrap_ddp
     from harness.parallel.layout import device, initialize_layout
-    from harness.parallel.pipeline import build_stage, pack_spec
-    from harness.train.step import MicroBatch, StepRunner
+    from harness.train.synthetic import synthetic_step
 
     info = init_distributed()
     cfg = load(None, [f"model.size={args.size}", f"model.resolution_px={args.resolution}", f"parallel.tp={args.tp}",
@@ -45,18 +42,7 @@ def worker(args) -> None:
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     layout = initialize_layout(args.tp, args.pp)
     dev = device()
-    model = build_stage(cfg, layout, vocab_size=1000, text_dim=None, device=dev)
-    ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg)
-    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
-    local, res = args.global_batch // layout.dp, args.resolution
-    g = torch.Generator().manual_seed(layout.dp_rank)
-    x0 = torch.rand(local, 3, res, res, generator=g) * 2 - 1
-    tokens = torch.randint(3, 1000, (local, cfg.model.text_max_len), generator=g)
-    m = args.micro_batch
-    mbs = [MicroBatch(x0[i:i + m].to(dev), TextInput(lengths=torch.full((m,), 8, device=dev), tokens=tokens[i:i + m].to(dev)),
-                      list(range(layout.dp_rank * local + i, layout.dp_rank * local + i + m))) for i in range(0, local, m)]
-    step = lambda: runner.train_step(mbs, len(mbs))  # noqa: E731
+    step, _ = synthetic_step(cfg, layout)
     for _ in range(args.warmup):
         step()
     torch.distributed.barrier()
@@ -67,7 +53,7 @@ def worker(args) -> None:
     seconds = (time.perf_counter() - start) / args.steps
     if info.rank == 0:
         row = {"layout": f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}", "world": layout.world, "tp": layout.tp,
-               "pp": layout.pp, "dp": layout.dp, "size": args.size, "resolution": res, "precision": args.precision,
+               "pp": layout.pp, "dp": layout.dp, "size": args.size, "resolution": args.resolution, "precision": args.precision,
                "global_batch": args.global_batch, "seconds_per_step": seconds, "images_per_s": args.global_batch / seconds,
                "device": str(dev), "threads_per_rank": torch.get_num_threads()}
         if layout.world == 1:

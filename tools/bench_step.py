@@ -31,12 +31,9 @@ import torch
 from harness.config import load
 from harness.dist.launch import init_distributed
 from harness.eval.flops import count_flops, matmul_tflops
-from harness.model.conditioning import TextInput
 from harness.model.core import Core, core_transformer_config
-from harness.parallel.ddp import build_optimizer, wrap_ddp
 from harness.parallel.layout import device, initialize_layout
-from harness.parallel.pipeline import build_stage, pack_spec
-from harness.train.step import MicroBatch, StepRunner
+from harness.train.synthetic import synthetic_step
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PEER_UNET = dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(32, 64, 128, 160),
@@ -62,17 +59,7 @@ def bench_train_step(precision: str, steps: int, batch: int = 32, size: str = "s
     """One full harness training step (Megatron schedule, DDP, optimizer) on random data."""
     cfg = load(None, [f"model.size={size}", f"model.resolution_px={res}", f"parallel.micro_batch={batch}",
                       f"parallel.global_batch={batch}", f"train.precision={precision}", "train.matmul_precision=medium"])
-    layout = initialize_layout(1, 1)
-    dev = device()
-    model = build_stage(cfg, layout, vocab_size=1000, text_dim=None, device=dev)
-    ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg)
-    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
-    g = torch.Generator().manual_seed(0)
-    mb = MicroBatch(torch.rand(batch, 3, res, res, generator=g).to(dev) * 2 - 1,
-                    TextInput(lengths=torch.full((batch,), 8).to(dev), tokens=torch.randint(3, 1000, (batch, 16), generator=g).to(dev)),
-                    list(range(batch)))
-    step = lambda: runner.train_step([mb], 1)  # noqa: E731
+    step, model = synthetic_step(cfg, initialize_layout(1, 1))
     flops = count_flops(step)
     seconds = _timed(step, steps)
     return {"what": f"{size} {res}px train step, batch {batch}", "precision": precision,

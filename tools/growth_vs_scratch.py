@@ -33,12 +33,13 @@ from harness.eval.eval_loss import per_sample_losses, summarize
 from harness.eval.flops import count_flops
 from harness.eval.load import load_for_inference
 from harness.growth.grow import grow
+from harness.growth.rules import RULES
 from harness.parallel.layout import initialize_layout
 from harness.train.loop import train
 from harness.train.synthetic import synthetic_step
 
 ARM_A = ("core", "grow-frozen", "grow-finetune")
-FROZEN = {"grow-frozen": ("cond.", "core.")}
+FROZEN = {"grow-frozen": RULES[("shallow", "grown")].carry}      # what grow-frozen keeps fixed
 
 
 def step_tflops(cfg, stage: str) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from harness.data.format import COMPRESSIONS
 from harness.data.writer import write_dataset
 

@@ -18,7 +18,14 @@ import argparse
 from harness.config import ModelConfig
 from harness.dist.launch import init_distributed
 from harness.parallel.layout import initialize_layout
-from harness.parallel.plan import GiB, INTERCONNECTS, Cluster, Shape, build_inventory, plan
+from harness.parallel.plan import (
+    INTERCONNECTS,
+    Cluster,
+    GiB,
+    Shape,
+    build_inventory,
+    plan,
+)
 
 COLUMNS = ("TP", "PP", "DP", "mb", "m", "params/GPU", "weights", "grads", "optim", "EMA", "activ.", "total GiB",
            "TP GB", "PP GB", "DP GB", "bubble", "step s", "img/s")

@@ -18,7 +18,12 @@ import time
 from pathlib import Path
 
 from harness.checkpoint import io
-from harness.checkpoint.reshard import export_safetensors, import_safetensors, load_stage, verify
+from harness.checkpoint.reshard import (
+    export_safetensors,
+    import_safetensors,
+    load_stage,
+    verify,
+)
 from harness.config import ConfigError, from_dict
 from harness.dist.launch import init_distributed
 from harness.parallel.layout import initialize_layout

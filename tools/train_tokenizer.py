@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
 from harness.data.reader import iter_captions
 from harness.data.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
 

@@ -17,67 +17,41 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from harness.checkpoint import io, state as checkpointing
+from harness.checkpoint import io
+from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState
-from harness.config import RunConfig, from_dict
-from harness.data.text import TextSource
+from harness.config import from_dict
 from harness.data.tokenizer import TOKENIZER_FILE
-from harness.eval.sampling import stage_forward
-from harness.growth.rules import freeze, frozen_for_stage
 from harness.model.conditioning import TextInput
-from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.parallel.forward import stage_forward
 from harness.parallel.layout import Layout, device
-from harness.parallel.pipeline import build_stage
-from harness.train.ema import EMA
 
 FORMAT = "greedy-growing-harness/1"
 
 
-class TrainingStage:
-    """Everything a checkpoint restores into, built for the current layout."""
-
-    def __init__(self, cfg: RunConfig, layout: Layout, frozen: list[str], tokenizer: Path | None):
-        self.cfg, self.layout = cfg, layout
-        self.text = TextSource(cfg, tokenizer)
-        self.model = build_stage(cfg, layout, vocab_size=self.text.vocab_size, text_dim=self.text.text_dim,
-                                 device=device())
-        self.frozen = frozen
-        freeze(self.model, self.frozen)
-        self.ddp = wrap_ddp(self.model, cfg)
-        self.optimizer, self.scheduler = build_optimizer(self.ddp, cfg)
-        self.ema = EMA(self.model, cfg.optim.ema_decay)
-
-    def restore(self, ckpt: Path) -> TrainState:
-        return checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler)
-
-    def save(self, run_dir: Path, state: TrainState) -> Path:
-        return checkpointing.save(run_dir, self.cfg, self.layout, state, self.model, self.ema, self.optimizer,
-                                  self.scheduler, self.frozen, self.text.files())
-
-    @torch.no_grad()
-    def outputs(self, seed: int = 0, batch: int = 2) -> torch.Tensor:
-        """v predicted for a fixed random batch, on every rank (raw and EMA weights, concatenated)."""
-        g = torch.Generator().manual_seed(seed)
-        res, dev = self.cfg.model.resolution_px, device()
-        z = torch.randn(batch, 3, res, res, generator=g).to(dev)
-        t = torch.rand(batch, generator=g).to(dev)
-        vocab = self.text.vocab_size or 2
-        text = TextInput(lengths=torch.full((batch,), 4).to(dev),
-                         tokens=torch.randint(0, vocab, (batch, self.cfg.model.text_max_len), generator=g).to(dev))
-        forward = stage_forward(self.model, self.cfg, self.layout)
-        self.model.eval()
-        raw = forward(z, t, text)
-        with self.ema.applied(self.model):
-            averaged = forward(z, t, text)
-        return torch.cat([raw, averaged])
+@torch.no_grad()
+def stage_outputs(stage: TrainingStage, seed: int = 0, batch: int = 2) -> torch.Tensor:
+    """v predicted for a fixed random batch, on every rank (raw and EMA weights, concatenated)."""
+    g = torch.Generator().manual_seed(seed)
+    res, dev = stage.cfg.model.resolution_px, device()
+    z = torch.randn(batch, 3, res, res, generator=g).to(dev)
+    t = torch.rand(batch, generator=g).to(dev)
+    vocab = stage.text.vocab_size or 2
+    text = TextInput(lengths=torch.full((batch,), 4).to(dev),
+                     tokens=torch.randint(0, vocab, (batch, stage.cfg.model.text_max_len), generator=g).to(dev))
+    forward = stage_forward(stage.model, stage.cfg, stage.layout)
+    stage.model.eval()
+    raw = forward(z, t, text)
+    with stage.ema.applied(stage.model):
+        averaged = forward(z, t, text)
+    return torch.cat([raw, averaged])
 
 
 def load_stage(ckpt: Path, layout: Layout, overrides: list[str] = ()) -> tuple[TrainingStage, TrainState]:
     """A checkpoint's complete training state, restored into the current layout."""
     meta = io.read_meta(ckpt)
     cfg = from_dict(meta["config"], str(ckpt / "meta.json"), list(overrides))
-    tokenizer = ckpt / TOKENIZER_FILE
-    stage = TrainingStage(cfg, layout, frozen_for_stage(cfg.train.stage, meta), tokenizer if tokenizer.is_file() else None)
+    stage = TrainingStage.build(cfg, layout, frozen=meta.get("frozen", []), tokenizer=bundled_tokenizer(ckpt))
     return stage, stage.restore(ckpt)
 
 
@@ -90,8 +64,8 @@ def export_safetensors(ckpt: Path, out: Path, *, use_ema: bool = True) -> Path:
     header = {"format": FORMAT, "config": json.dumps(meta["config"]), "stage": meta["stage"], "step": str(meta["step"]),
               "consumed_samples": str(meta["consumed_samples"]), "frozen": json.dumps(meta.get("frozen", [])),
               "weights": family.rstrip(".")}
-    tokenizer = ckpt / TOKENIZER_FILE
-    if tokenizer.is_file():
+    tokenizer = bundled_tokenizer(ckpt)
+    if tokenizer:
         header[TOKENIZER_FILE] = base64.b64encode(tokenizer.read_bytes()).decode()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata=header)
@@ -113,15 +87,12 @@ def import_safetensors(path: Path, run_dir: Path, layout: Layout, overrides: lis
         tokenizer = Path(run_dir) / f".imported-{TOKENIZER_FILE}"
         tokenizer.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.write_bytes(base64.b64decode(header[TOKENIZER_FILE]))
-    stage = TrainingStage(cfg, layout, json.loads(header.get("frozen", "[]")), tokenizer)
+    stage = TrainingStage.build(cfg, layout, frozen=json.loads(header.get("frozen", "[]")), tokenizer=tokenizer)
     missing = sorted(set(stage.ema.shadow) - set(tensors))
     extra = sorted(set(tensors) - set(stage.ema.shadow))
     if missing or extra:
         raise ValueError(f"{path}: does not match the model of its config: missing {missing}, unexpected {extra}")
-    with torch.no_grad():
-        for name, p in stage.model.named_parameters():
-            p.copy_(tensors[name])
-            stage.ema.shadow[name].copy_(tensors[name])
+    stage.assign(tensors)
     state = TrainState(step=int(header["step"]), consumed_samples=int(header["consumed_samples"]),
                        lineage=[{"imported": str(Path(path).resolve())}])
     return stage.save(Path(run_dir), state)
@@ -135,7 +106,7 @@ def verify(source: Path, result: Path, layout: Layout, overrides: list[str] = ()
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
         if not torch.equal(p, q) or not torch.equal(a.ema.shadow[name], b.ema.shadow[name]):
             raise ValueError(f"{result}: {name} differs from {source}")
-    difference = (a.outputs() - b.outputs()).abs().max()
+    difference = (stage_outputs(a) - stage_outputs(b)).abs().max()
     if dist.is_initialized():
         dist.all_reduce(difference, op=dist.ReduceOp.MAX)
     if difference != 0:

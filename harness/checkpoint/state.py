@@ -12,9 +12,13 @@ from pathlib import Path
 import torch
 
 from harness.checkpoint import io
-from harness.checkpoint.sharded import model_sharded_state_dict, plain_state_dict, with_prefix
+from harness.checkpoint.sharded import (
+    model_sharded_state_dict,
+    plain_state_dict,
+    with_prefix,
+)
 from harness.config import RunConfig, to_dict
-from harness.parallel.layout import Layout
+from harness.parallel.layout import Layout, precision
 
 
 @dataclass
@@ -24,6 +28,7 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     lineage: list[dict] = field(default_factory=list)
+    loss: float | None = None      # the last logged training loss (the continuity check compares with it)
 
 
 def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
@@ -46,7 +51,8 @@ def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState,
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
         "config": to_dict(cfg), "layout": {k: v for k, v in layout.describe().items() if not k.endswith("rank")},
-        "scheduler": scheduler.state_dict(), "frozen": frozen, "lineage": state.lineage,
+        "scheduler": scheduler.state_dict(), "frozen": frozen, "lineage": state.lineage, "loss": state.loss,
+        "precision": precision(cfg),
     }
     return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints,
                    files=files)
@@ -66,7 +72,8 @@ def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
         _unshare_steps(optimizer)
         scheduler.load_state_dict(meta["scheduler"])
-    return TrainState(step=meta["step"], consumed_samples=meta["consumed_samples"], lineage=meta.get("lineage", []))
+    return TrainState(step=meta["step"], consumed_samples=meta["consumed_samples"], lineage=meta.get("lineage", []),
+                      loss=meta.get("loss"))
 
 
 def load_weights(ckpt_dir: Path, model, *, use_ema: bool = True) -> dict:

@@ -19,7 +19,13 @@ import hdf5plugin  # noqa: F401 - registers the Blosc filter so "blosc-lz4" shar
 import numpy as np
 import torch
 
-from harness.data.format import FORMAT_VERSION, MANIFEST_FILE, Manifest, file_sha256, read_manifest
+from harness.data.format import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+    file_sha256,
+    read_manifest,
+)
 
 
 @dataclass

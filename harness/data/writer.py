@@ -26,8 +26,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from harness.data.format import (FORMAT_VERSION, MANIFEST_FILE, Manifest, ShardInfo, compression_options,
-                                 file_sha256, shard_name, write_manifest, write_shard)
+from harness.data.format import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+    ShardInfo,
+    compression_options,
+    file_sha256,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
 
 _JOURNAL = ".journal"
 _SHARD_GLOB = "shard-[0-9][0-9][0-9][0-9][0-9].h5"

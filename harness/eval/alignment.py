@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.data.frozen_text import DIM as TEXT_DIM, SHA256 as MINILM_SHA256, sentence_vectors
+from harness.data.frozen_text import DIM as TEXT_DIM
+from harness.data.frozen_text import SHA256 as MINILM_SHA256
+from harness.data.frozen_text import sentence_vectors
 from harness.eval.fid import INCEPTION_SHA1
 
 PROBE_VERSION = 1

@@ -16,9 +16,9 @@ import torch
 from harness.config import RunConfig
 from harness.diffusion.objective import diffuse, sample_generator, v_loss, v_target
 from harness.diffusion.schedule import Schedule
-from harness.eval.sampling import stage_forward
 from harness.model.conditioning import TextInput
 from harness.model.uvit import UViT
+from harness.parallel.forward import stage_forward
 from harness.parallel.layout import Layout
 
 DEFAULT_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.checkpoint import io
+from harness.checkpoint.stage import bundled_tokenizer
 from harness.checkpoint.state import load_weights
 from harness.config import RunConfig, from_dict
 from harness.data.text import TextSource
-from harness.data.tokenizer import TOKENIZER_FILE
 from harness.dist.launch import init_distributed
 from harness.model.uvit import UViT
 from harness.parallel.layout import Layout, device, initialize_layout
@@ -33,8 +33,7 @@ def load_for_inference(path: str | Path, overrides: list[str] = (), *, use_ema: 
     cfg = from_dict(meta["config"], str(ckpt / "meta.json"), list(overrides))
     init_distributed()
     layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
-    bundled = ckpt / TOKENIZER_FILE
-    text = TextSource(cfg, bundled if bundled.is_file() else None)
+    text = TextSource(cfg, bundled_tokenizer(ckpt))
     model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=device())
     load_weights(ckpt, model, use_ema=use_ema)
     model.eval()

@@ -11,15 +11,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from harness.config import RunConfig
 from harness.diffusion.samplers import guided, sample
 from harness.diffusion.schedule import Schedule
 from harness.model.conditioning import TextInput
 from harness.model.uvit import UViT
+from harness.parallel.forward import stage_forward
 from harness.parallel.layout import Layout, device
-from harness.parallel.pipeline import pack, pack_spec, unpack
 
 
 def shard_positions(n: int, layout: Layout) -> list[int]:
@@ -42,31 +41,6 @@ def gather_rows(local: torch.Tensor, positions: Sequence[int], n: int, layout: L
 def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image index."""
     return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in indices]
-
-
-def stage_forward(model: UViT, cfg: RunConfig, layout: Layout):
-    """(z, t, text) -> v on every rank of a pipeline: each stage runs its part, activations go forward
-    with point-to-point sends, and the last stage broadcasts v back to all stages."""
-    if layout.pp == 1:
-        return model
-    spec = pack_spec(model, cfg)
-
-    def forward(z: torch.Tensor, t: torch.Tensor, text: TextInput) -> torch.Tensor:
-        if layout.is_first_stage:
-            state = model.embed(z, t, text)
-        else:
-            packed = torch.empty(spec.rows(), z.shape[0], spec.hidden, dtype=model.config.params_dtype, device=z.device)
-            dist.recv(packed, src=parallel_state.get_pipeline_model_parallel_prev_rank())
-            state = unpack(packed, spec)
-        state = model.run_layers(state)
-        if layout.is_last_stage:
-            v = model.finish(state).float()
-        else:
-            dist.send(pack(state, spec), dst=parallel_state.get_pipeline_model_parallel_next_rank())
-            v = torch.empty(z.shape, dtype=torch.float32, device=z.device)
-        dist.broadcast(v, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=layout.pp_group)
-        return v
-    return forward
 
 
 @torch.no_grad()

@@ -16,17 +16,13 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-from harness.checkpoint import io, state as checkpointing
+from harness.checkpoint import io
 from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
+from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState
 from harness.config import RunConfig
-from harness.data.text import TextSource
-from harness.data.tokenizer import TOKENIZER_FILE
-from harness.growth.rules import GrowthPlan, freeze, plan_growth
-from harness.parallel.ddp import build_optimizer, wrap_ddp
-from harness.parallel.layout import Layout, device
-from harness.parallel.pipeline import build_stage
-from harness.train.ema import EMA
+from harness.growth.rules import GrowthPlan, plan_growth, rule_for
+from harness.parallel.layout import Layout
 
 
 def _all_shapes(local: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -46,37 +42,27 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
     src = io.resolve(source)
     src_meta = io.read_meta(src)
     src_arch = src_meta["config"]["model"]["arch"]
-    stored = io.stored_shapes(src)
-    source_shapes = {k.removeprefix("model."): s for k, s in stored.items() if k.startswith("model.")}
+    source_shapes = {k.removeprefix("model."): s for k, s in io.stored_shapes(src).items() if k.startswith("model.")}
 
-    bundled = src / TOKENIZER_FILE
-    text = TextSource(cfg, bundled if bundled.is_file() else None)
-    model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=device())
-    base = model_sharded_state_dict(model)
-    plan = plan_growth(source_shapes, _all_shapes({k: tuple(s.global_shape) for k, s in base.items()}),
+    # The next stage freezes what the rule carries (grow-frozen); the plan, on the built model's
+    # shapes, then accounts for every parameter of both models before anything is copied.
+    carried = rule_for(src_arch, cfg.model.arch).carried(source_shapes)
+    stage = TrainingStage.build(cfg, layout, frozen=carried if cfg.train.stage == "grow-frozen" else [],
+                                tokenizer=bundled_tokenizer(src))
+    base = model_sharded_state_dict(stage.model)
+    plan = plan_growth(source_shapes, _all_shapes({k: tuple(sh.global_shape) for k, sh in base.items()}),
                        src_arch, cfg.model.arch, src_meta["config"]["model"]["resolution_px"], cfg.model.resolution_px)
 
     # Copy the carried tensors this rank holds, from the source family, in fp32 (EMA precision).
     mine = {k: sh for k, sh in base.items() if k in set(plan.carried)}
     buffers = {k: torch.empty(sh.local_shape, dtype=torch.float32, device=sh.data.device) for k, sh in mine.items()}
     loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", buffers), str(src))
-    ema = EMA(model, cfg.optim.ema_decay)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in mine:
-            tensor = loaded[f"{weights}.{name}"]      # the load also returns the checkpoint's common state
-            params[name].copy_(tensor)
-            ema.shadow[name].copy_(tensor)
+    stage.assign({name: loaded[f"{weights}.{name}"] for name in mine})
 
-    frozen = list(plan.carried) if cfg.train.stage == "grow-frozen" else []
-    freeze(model, frozen)
-    ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg)
     lineage = src_meta.get("lineage", []) + [{
         "checkpoint": str(src.resolve()), "step": src_meta["step"], "stage": src_meta["stage"],
         "resolution_px": src_meta["config"]["model"]["resolution_px"], "weights": weights,
         "carried": len(plan.carried), "dropped": list(plan.dropped), "new": len(plan.new)}]
-    state = TrainState(step=0, consumed_samples=0, lineage=lineage)
-    path = checkpointing.save(cfg.train.run_dir, cfg, layout, state, model, ema, optimizer, scheduler, frozen,
-                              text.files())
+    path = stage.save(Path(cfg.train.run_dir), TrainState(step=0, consumed_samples=0, lineage=lineage))
     return path, plan
+

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 
 @dataclass(frozen=True)
 class GrowthRule:
     carry: tuple[str, ...]   # source parameters with these prefixes are copied bit for bit
     drop: tuple[str, ...]    # source parameters with these prefixes are discarded
+
+    def carried(self, source: dict) -> list[str]:
+        """The source parameters this rule copies."""
+        return sorted(k for k in source if k.startswith(self.carry))
 
 
 RULES: dict[tuple[str, str], GrowthRule] = {
@@ -36,17 +38,23 @@ class GrowthPlan:
     new: tuple[str, ...]       # in the target only: freshly initialised
 
 
-def plan_growth(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], source_arch: str,
-                target_arch: str, source_px: int, target_px: int) -> GrowthPlan:
-    """Account for every parameter of both models (name -> global shape); raise listing all problems."""
+def rule_for(source_arch: str, target_arch: str) -> GrowthRule:
+    """The rule that grows a `source_arch` model into a `target_arch` one."""
     rule = RULES.get((source_arch, target_arch))
     if rule is None:
         raise GrowthError(f"no growth rule from a {source_arch} model to a {target_arch} model "
                           f"(known: {', '.join(f'{a} -> {b}' for a, b in RULES)})")
+    return rule
+
+
+def plan_growth(source: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], source_arch: str,
+                target_arch: str, source_px: int, target_px: int) -> GrowthPlan:
+    """Account for every parameter of both models (name -> global shape); raise listing all problems."""
+    rule = rule_for(source_arch, target_arch)
     if target_px <= source_px:
         raise GrowthError(f"the grown model must have a higher resolution than the source ({source_px} px), "
                           f"got model.resolution_px={target_px}")
-    carried = sorted(k for k in source if k.startswith(rule.carry))
+    carried = rule.carried(source)
     dropped = sorted(k for k in source if k.startswith(rule.drop) and not k.startswith(rule.carry))
     problems = []
     unaccounted = sorted(set(source) - set(carried) - set(dropped))
@@ -73,10 +81,3 @@ def frozen_for_stage(stage: str, start_meta: dict | None) -> list[str]:
         raise GrowthError("train.stage=grow-frozen starts from a checkpoint written by tools/grow.py (its meta.json "
                           "lists the frozen parameters); set train.run_dir to grow.py's output or train.init_from")
     return list(frozen)
-
-
-def freeze(model: nn.Module, frozen: list[str]) -> None:
-    """requires_grad = False for the named parameters this stage holds, True for the others."""
-    frozen_set = set(frozen)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name not in frozen_set)

@@ -29,6 +29,12 @@ from harness.model.core import Core, core_transformer_config
 from harness.model.init import seeded
 from harness.model.sizes import MODEL_SIZES, default_level_channels
 
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) stored channels-last: the convolutions and norms of the levels then stay in that
+    layout, which oneDNN and cuDNN run fastest (bf16 convolutions 10x faster on an AVX2 CPU)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
 @dataclass
 class StageState:
     """Activations that cross a pipeline-stage boundary (shapes for batch B, caption length L)."""
@@ -84,7 +90,7 @@ class UViT(MegatronModule):
     def embed(self, x_t: torch.Tensor, t: torch.Tensor, text: TextInput) -> StageState:
         """First stage: noisy images (B, 3, R, R), times (B,), captions -> state before the core layers."""
         cond, context, valid = self.cond(t, text)
-        h, skips = self.encode(x_t.to(cond.dtype), cond)
+        h, skips = self.encode(channels_last(x_t.to(cond.dtype)), cond)
         hidden, mod = self.core.embed(h, cond)
         return StageState(hidden, mod, context, valid, cond, skips)
 
@@ -95,7 +101,7 @@ class UViT(MegatronModule):
 
     def finish(self, s: StageState) -> torch.Tensor:
         """Last stage: state -> predicted v (B, 3, R, R)."""
-        return self.decode(self.core.head(s.hidden), s.skips, s.cond)
+        return self.decode(channels_last(self.core.head(s.hidden)), s.skips, s.cond)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: TextInput) -> torch.Tensor:
         """The whole model on one pipeline stage: (B, 3, R, R) noisy images -> (B, 3, R, R) v."""

@@ -4,13 +4,18 @@ optimizer and the learning-rate schedule. The model's math knows none of this.""
 from __future__ import annotations
 
 import torch
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from harness.config import RunConfig
 from harness.model.uvit import UViT
+from harness.parallel.layout import precision
 
 
 def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
@@ -29,7 +34,7 @@ def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
 def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig):
     """Megatron's (distributed) AdamW with gradient clipping, and warm-up + cosine LR schedule."""
     o = cfg.optim
-    bf16 = cfg.train.precision == "bf16"
+    bf16 = precision(cfg) == "bf16"
     opt_config = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
         adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=bf16,
@@ -47,8 +52,18 @@ def build_optimizer(ddp: DistributedDataParallel, cfg: RunConfig):
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.warmup_steps,
         lr_decay_steps=max(decay_steps, o.warmup_steps + 1), lr_decay_style="cosine",
-        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=decay_steps, wd_incr_style="constant")
+        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=decay_steps, wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=not o.override_schedule, override_opt_param_scheduler=o.override_schedule)
     return optimizer, scheduler
+
+
+def override_learning_rates(optimizer, scheduler, cfg: RunConfig) -> None:
+    """Put this config's peak and final learning rates back into a restored optimizer: Megatron's
+    param groups carry their own `max_lr` / `min_lr`, which win over the scheduler's and which an
+    optimizer state dict restores from the checkpoint. Then recompute the current lr."""
+    for group in optimizer.param_groups:
+        group["max_lr"], group["min_lr"] = cfg.optim.lr, cfg.optim.min_lr
+    scheduler.step(increment=0)
 
 
 def _torch_optimizers(optimizer):

@@ -26,6 +26,9 @@ class Layout:
     dp_rank: int
     rank: int
     world: int
+    pp_prev_rank: int = 0      # global ranks of this rank's pipeline neighbours and of its last stage
+    pp_next_rank: int = 0
+    pp_last_rank: int = 0
     tp_group: object = field(default=None, compare=False, repr=False)
     pp_group: object = field(default=None, compare=False, repr=False)
     dp_group: object = field(default=None, compare=False, repr=False)
@@ -59,6 +62,9 @@ def initialize_layout(tp: int, pp: int, seed: int = 0, timeout_s: float = 600.0)
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(), rank=dist.get_rank(), world=world,
+        pp_prev_rank=parallel_state.get_pipeline_model_parallel_prev_rank(),
+        pp_next_rank=parallel_state.get_pipeline_model_parallel_next_rank(),
+        pp_last_rank=parallel_state.get_pipeline_model_parallel_last_rank(),
         tp_group=parallel_state.get_tensor_model_parallel_group(),
         pp_group=parallel_state.get_pipeline_model_parallel_group(),
         dp_group=parallel_state.get_data_parallel_group())
@@ -67,3 +73,19 @@ def initialize_layout(tp: int, pp: int, seed: int = 0, timeout_s: float = 600.0)
 def device() -> torch.device:
     """The device this rank computes on."""
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def native_bf16() -> bool:
+    """Whether this rank's device computes bf16 natively: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere oneDNN emulates bf16; on an AVX2-only EPYC a bf16 matmul ran at
+    0.0013 TFLOP/s against 0.09 in fp32, and a bf16 convolution 80x slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def precision(cfg) -> str:
+    """`fp32` or `bf16`: train.precision, with `auto` resolved for this device (bf16 where native)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if native_bf16() else "fp32"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from harness.config import RunConfig
 from harness.model.sizes import MODEL_SIZES
 from harness.model.uvit import StageState, UViT, build_model
-from harness.parallel.layout import Layout
+from harness.parallel.layout import Layout, precision
 
 
 def split_layers(num_layers: int, pp: int, layers_per_stage: list[int] | None = None) -> list[range]:
@@ -89,7 +89,7 @@ def build_stage(cfg: RunConfig, layout: Layout, *, vocab_size: int | None, text_
                 initialize: bool = True) -> UViT:
     """Build this rank's pipeline stage of the configured model (all of it when pp = 1), on `device`."""
     stages = split_layers(MODEL_SIZES[cfg.model.size].layers, layout.pp, cfg.parallel.pp_layers)
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if precision(cfg) == "bf16" else torch.float32
     model = build_model(cfg.model, vocab_size=vocab_size, text_dim=text_dim, seed=cfg.train.seed, tp=layout.tp,
                         pp=layout.pp, layer_ids=stages[layout.pp_rank], pre_process=layout.is_first_stage,
                         post_process=layout.is_last_stage, dtype=dtype, initialize=initialize)

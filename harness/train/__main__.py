@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     # Megatron-core 0.16 calls torch.distributed APIs that torch 2.13 deprecates, once per step.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"megatron")
-    from harness.train.loop import train   # heavy imports only after the config is known to be good
+    from harness.train.loop import (
+        train,  # heavy imports only after the config is known to be good
+    )
     train(cfg)
     return 0
 

@@ -26,12 +26,17 @@ class StepLogger:
         self.enabled = enabled
         self.start = self.window_start = time.perf_counter()
         self.window: list[dict] = []
+        self.notes: dict = {}
 
-    def record(self, step: int, metrics: dict, every: int) -> None:
-        """Add one step's metrics; print and write a line every `every` steps."""
+    def note(self, fields: dict) -> None:
+        """Fields the next logged line carries (once)."""
+        self.notes.update(fields)
+
+    def record(self, step: int, metrics: dict, every: int) -> float | None:
+        """Add one step's metrics; print and write a line every `every` steps, returning its mean loss."""
         self.window.append(metrics)
         if step % every and step != self.total_steps:
-            return
+            return None
         now = time.perf_counter()
         steps = len(self.window)
         per_step = (now - self.window_start) / steps
@@ -41,15 +46,16 @@ class StepLogger:
             remaining = min(remaining, max(self.time_limit_s - elapsed, 0.0))
         line = {"step": step, "loss": sum(m["loss"] for m in self.window) / steps,
                 "grad_norm": self.window[-1]["grad_norm"], "lr": self.window[-1]["lr"],
-                "images_per_s": self.global_batch / per_step, "elapsed_s": round(elapsed, 2)}
-        self.window, self.window_start = [], now
+                "images_per_s": self.global_batch / per_step, "elapsed_s": round(elapsed, 2), **self.notes}
+        self.window, self.window_start, self.notes = [], now, {}
         if not self.enabled:
-            return
+            return line["loss"]
         print(f"step {step:>6}/{self.total_steps}  loss {line['loss']:.4f}  lr {line['lr']:.2e}  "
               f"gnorm {line['grad_norm']:.3f}  {line['images_per_s']:.1f} img/s  "
               f"elapsed {_duration(elapsed)}  eta {_duration(remaining)}", flush=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
+        return line["loss"]
 
 
 def read_log(path: Path) -> list[dict]:

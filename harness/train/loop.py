@@ -12,22 +12,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.checkpoint import io, state as checkpointing
+from harness.checkpoint import io
+from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState
 from harness.config import RunConfig, validate_world
 from harness.data.reader import ShardedReader, rank_positions
 from harness.data.text import TextSource
-from harness.data.tokenizer import TOKENIZER_FILE
 from harness.dist.launch import init_distributed, split_mpi_comm
 from harness.eval.grid import save_grid
 from harness.eval.sampling import sample_captions
-from harness.growth.rules import freeze, frozen_for_stage
-from harness.parallel.ddp import build_optimizer, wrap_ddp
+from harness.growth.rules import frozen_for_stage
+from harness.model.ema import EMA
 from harness.parallel.layout import Layout, device, initialize_layout
-from harness.parallel.pipeline import build_stage, pack_spec
-from harness.train.ema import EMA
-from harness.train.rundir import unwritable_reason
+from harness.parallel.pipeline import pack_spec
+from harness.train.continuity import Continuity
 from harness.train.logging import StepLogger, plot_loss_curve
+from harness.train.rundir import unwritable_reason
 from harness.train.signals import StopSignals, requeue_slurm_job
 from harness.train.step import MicroBatch, StepRunner
 
@@ -83,23 +83,14 @@ def train(cfg: RunConfig) -> Path:
     resume = io.latest_checkpoint(run_dir)
     start = resume or (io.resolve(cfg.train.init_from) if cfg.train.init_from else None)
     frozen = frozen_for_stage(cfg.train.stage, io.read_meta(start) if start else None)
-
-    bundled = start / TOKENIZER_FILE if start else None      # the tokenizer the text encoder learned with
-    text = TextSource(cfg, bundled if bundled and bundled.is_file() else None)
-    model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=dev)
-    freeze(model, frozen)
-    ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg)
-    ema = EMA(model, cfg.optim.ema_decay)
-
-    state = TrainState()
+    stage = TrainingStage.build(cfg, layout, frozen=frozen, tokenizer=bundled_tokenizer(start))
+    model, ema, optimizer, scheduler, text = stage.model, stage.ema, stage.optimizer, stage.scheduler, stage.text
     if resume is not None:
-        state = checkpointing.restore(resume, model, ema, optimizer, scheduler)
+        state = stage.restore(resume)
     elif start is not None:
-        # A new stage from another stage's weights (and EMA): fresh optimizer and schedule.
-        loaded = checkpointing.restore(start, model, ema, optimizer, scheduler, with_optimizer=False)
-        state = TrainState(lineage=loaded.lineage + [{"checkpoint": str(start.resolve()), "step": loaded.step,
-                                                       "stage": io.read_meta(start)["stage"]}])
+        state = stage.load_weights(start)      # a new stage from another stage's weights: fresh optimizer
+    else:
+        state = TrainState()
     if layout.rank == 0:
         where = f"resumed from {resume}" if resume else f"initialised from {start}" if start else "from scratch"
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -115,23 +106,33 @@ def train(cfg: RunConfig) -> Path:
                            dp_rank=layout.dp_rank, dp=layout.dp, seed=cfg.data.seed,
                            consumed_samples=state.consumed_samples, verify_checksums=cfg.data.verify_checksums,
                            comm=data_comm) if needs_data else None
-    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    runner = StepRunner(stage.ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
     num_micro = cfg.parallel.global_batch // (cfg.parallel.micro_batch * layout.dp)
+    next_microbatches = lambda: microbatches(reader, text, cfg, layout, dev) if reader is not None else None  # noqa: E731
     logger = StepLogger(run_dir, total_steps=cfg.train.steps, global_batch=cfg.parallel.global_batch,
                         time_limit_s=cfg.train.time_limit_minutes * 60, enabled=layout.rank == 0)
-    save = lambda: checkpointing.save(run_dir, cfg, layout, state, model, ema, optimizer, scheduler, frozen,  # noqa: E731
-                                      text.files())
+    continuity = Continuity(start, state.loss if resume else io.read_meta(start).get("loss"),
+                            rank=layout.rank) if start is not None else None
+    if continuity and cfg.train.continuity_samples:
+        logger.note(continuity.score(lambda: runner.evaluate(next_microbatches(), num_micro),
+                                     cfg.train.continuity_samples, cfg.parallel.global_batch))
+        if reader is not None:
+            reader.consumed_samples = state.consumed_samples     # the scored batches are trained on next
+    save = lambda: stage.save(run_dir, state)  # noqa: E731
     start = time.perf_counter()
     t = cfg.train
     signals = StopSignals()
 
     while state.step < t.steps:
-        mbs = microbatches(reader, text, cfg, layout, dev) if reader is not None else None
-        metrics = runner.train_step(mbs, num_micro)
+        metrics = runner.train_step(next_microbatches(), num_micro)
         ema.update(model, state.step)
         state.step += 1
         state.consumed_samples += cfg.parallel.global_batch
-        logger.record(state.step, metrics, t.log_every_steps)
+        logged = logger.record(state.step, metrics, t.log_every_steps)
+        if logged is not None:
+            state.loss = logged
+            if continuity:
+                continuity.first_logged(logged, state.step)
         if t.sample_every_steps and state.step % t.sample_every_steps == 0 and state.step < t.steps:
             write_samples(run_dir / f"samples_step{state.step:07d}.png", model, ema, cfg, text, layout, dev)
         out_of_time, usr1, term = _agree(

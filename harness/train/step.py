@@ -79,6 +79,16 @@ class StepRunner:
             micro_batch_size=self.cfg.parallel.micro_batch, forward_only=False)
         return self._global_mean_loss(losses)
 
+    @torch.no_grad()
+    def evaluate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
+        """The global batch's mean loss, forward only (no gradients, no update); collective."""
+        losses = self.forward_backward(
+            forward_step_func=self.forward_step,
+            data_iterator=iter(microbatches) if microbatches is not None else None,
+            model=[self.ddp], num_microbatches=num_microbatches, seq_length=self.spec.rows(),
+            micro_batch_size=self.cfg.parallel.micro_batch, forward_only=True)
+        return self._global_mean_loss(losses)
+
     def update(self) -> dict:
         """Clip, step the optimizer and the learning-rate schedule; returns grad norm and lr."""
         _, grad_norm, _ = self.optimizer.step()

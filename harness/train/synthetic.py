@@ -10,12 +10,11 @@ from collections.abc import Callable
 
 import torch
 
+from harness.checkpoint.stage import TrainingStage
 from harness.config import RunConfig
-from harness.growth.rules import freeze
 from harness.model.conditioning import TextInput
-from harness.parallel.ddp import build_optimizer, wrap_ddp
 from harness.parallel.layout import Layout, device
-from harness.parallel.pipeline import build_stage, pack_spec
+from harness.parallel.pipeline import pack_spec
 from harness.train.step import MicroBatch, StepRunner
 
 
@@ -23,11 +22,9 @@ def synthetic_step(cfg: RunConfig, layout: Layout, *, frozen_prefixes: tuple[str
                    vocab_size: int = 1000) -> tuple[Callable[[], dict], torch.nn.Module]:
     """(step, model): `step()` runs one optimizer step of this rank's share of a random global batch."""
     dev = device()
-    model = build_stage(cfg, layout, vocab_size=vocab_size, text_dim=None, device=dev)
-    freeze(model, [n for n, _ in model.named_parameters() if frozen_prefixes and n.startswith(frozen_prefixes)])
-    ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg)
-    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    stage = TrainingStage.build(cfg, layout, frozen=list(frozen_prefixes), vocab_size=vocab_size)
+    model = stage.model
+    runner = StepRunner(stage.ddp, stage.optimizer, stage.scheduler, cfg, layout, pack_spec(model, cfg))
     local, res, m = cfg.parallel.global_batch // layout.dp, cfg.model.resolution_px, cfg.parallel.micro_batch
     g = torch.Generator().manual_seed(layout.dp_rank)
     x0 = (torch.rand(local, 3, res, res, generator=g) * 2 - 1).to(dev)
@@ -37,3 +34,4 @@ def synthetic_step(cfg: RunConfig, layout: Layout, *, frozen_prefixes: tuple[str
     mbs = [MicroBatch(x0[i:i + m], text.select(slice(i, i + m)), list(range(first + i, first + i + m)))
            for i in range(0, local, m)]
     return (lambda: runner.train_step(mbs, len(mbs))), model
+

@@ -18,13 +18,12 @@ import torch
 from megatron.core import dist_checkpointing
 
 from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
+from harness.checkpoint.stage import TrainingStage
 from harness.config import load
 from harness.data.reader import ShardedReader
-from harness.data.text import TextSource
 from harness.dist.launch import init_distributed
-from harness.parallel.ddp import build_optimizer, wrap_ddp
 from harness.parallel.layout import device, initialize_layout
-from harness.parallel.pipeline import build_stage, pack_spec
+from harness.parallel.pipeline import pack_spec
 from harness.train.loop import microbatches
 from harness.train.step import StepRunner
 
@@ -43,11 +42,9 @@ def run_layout(data: Path, out: Path, tp: int, pp: int, distributed_optimizer: b
     cfg = load(None, overrides(data, tp, pp, distributed_optimizer))
     layout = initialize_layout(tp, pp, cfg.train.seed)
     dev = device()
-    text = TextSource(cfg)
-    model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=None, device=dev)
-    ddp = wrap_ddp(model, cfg)
-    optimizer, scheduler = build_optimizer(ddp, cfg)
-    runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+    stage = TrainingStage.build(cfg, layout)
+    model, text = stage.model, stage.text
+    runner = StepRunner(stage.ddp, stage.optimizer, stage.scheduler, cfg, layout, pack_spec(model, cfg))
     needs_data = layout.is_first_stage or layout.is_last_stage
     reader = ShardedReader(cfg.data.path, resolution_px=64, global_batch=8, dp_rank=layout.dp_rank, dp=layout.dp,
                            seed=cfg.data.seed) if needs_data else None

@@ -1,10 +1,11 @@
 """Checkpoint conversions in one 4-process launch, for tests/dist/test_checkpoints.py.
 
-    torchrun --nproc_per_node 4 tests/dist/reshard_worker.py --source CKPT --out DIR --data DIR
+    torchrun --nproc_per_node 4 tests/dist/reshard_worker.py --source CKPT --out DIR --data DIR --precision bf16
 
 Reshards the source through (TP, PP) = (2,2), (2,1), (1,2), (1,1) (verifying each hop in its
-layout), grows the source at TP=2 x PP=2, and trains two more steps at TP=2 x PP=2 both from the
-source and from the last hop (their logs must agree).
+layout), grows the source at TP=2 x PP=2, trains two more steps at TP=2 x PP=2 both from the
+source and from the last hop (their logs must agree), and one step from the last hop at a
+negligible learning rate (`held`: the weights it loaded must stay).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--negligible", nargs="*", default=[], help="overrides of the `held` run")
     args = parser.parse_args()
     init_distributed()
     source = io.resolve(args.source)
@@ -45,18 +48,22 @@ def main() -> None:
 
     data = [f"data.path={args.data / 'train'}", f"data.heldout_path={args.data / 'heldout'}",
             "train.matmul_precision=highest", "parallel.tp=2", "parallel.pp=2", "diffusion.sample_steps=2",
-            "train.num_samples=2", "train.log_every_steps=1"]
+            "train.num_samples=2", "train.log_every_steps=1", f"train.precision={args.precision}",
+            "train.continuity_samples=8"]
     grow(source, load("configs/tiny/grow-frozen.yaml", data + [f"train.run_dir={args.out / 'grown'}"]),
          initialize_layout(2, 2))
 
-    steps = io.read_meta(source)["step"] + 2
-    for name, start in (("resume_source", source), ("resume_resharded", previous)):
+    step = io.read_meta(source)["step"]
+    for name, start, extra in (("resume_source", source, [f"train.steps={step + 2}"]),
+                               ("resume_resharded", previous, [f"train.steps={step + 2}"]),
+                               ("held", previous, [f"train.steps={step + 1}", "optim.override_schedule=true",
+                                                   *args.negligible])):
         if dist.get_rank() == 0:
             shutil.copytree(start, args.out / name / start.name)
             (args.out / name / io.LATEST).write_text(start.name)
         dist.barrier()
-        train(load("configs/tiny/core.yaml", data + [f"train.run_dir={args.out / name}", f"train.steps={steps}",
-                                                     f"optim.decay_steps={steps}"]))
+        train(load("configs/tiny/core.yaml", data + [f"train.run_dir={args.out / name}",
+                                                     f"optim.decay_steps={step + 2}", *extra]))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import time
 
 import psutil
 import pytest
+from invariants import NEGLIGIBLE, assert_held, weights
 from launching import BIN, REPO, launch
 
 from harness.config import load
@@ -64,6 +65,19 @@ def test_torchrun_continues_a_one_process_run(uninterrupted, tmp_path):
     launch("torchrun", 2, ["-m", "harness.train", *_args(overrides, run, STEPS)])
     assert json.loads((run / "step_0000006" / "meta.json").read_text())["layout"]["dp"] == 2
     _assert_same_sequence(run, reference)
+
+
+def test_a_bf16_run_resumed_at_another_dp_keeps_its_weights(uninterrupted, tmp_path):
+    """bf16 with the distributed optimizer: 3 steps in one process, then one step at DP=2 at a
+    negligible learning rate (the schedule overridden): the weights stay those it loaded."""
+    overrides, _ = uninterrupted
+    run = tmp_path / "bf16"
+    bf16 = [*overrides, "train.precision=bf16", "parallel.distributed_optimizer=true"]
+    train(load(None, _args(bf16, run, 3)))
+    loaded = weights(run)
+    launch("torchrun", 2, ["-m", "harness.train", *_args(bf16, run, 4), "optim.override_schedule=true", *NEGLIGIBLE])
+    assert json.loads((run / "step_0000004" / "meta.json").read_text())["layout"]["dp"] == 2
+    assert_held(loaded, weights(run))
 
 
 def test_a_dead_rank_stops_the_job_and_is_named(uninterrupted, tmp_path):

@@ -11,7 +11,16 @@ import sys
 import time
 
 import pytest
-from slurmjobs import JOB_ENV, REPO, cancel, job, sbatch, useful_lines, wait_done, wait_until
+from slurmjobs import (
+    JOB_ENV,
+    REPO,
+    cancel,
+    job,
+    sbatch,
+    useful_lines,
+    wait_done,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slurm
 STEPS = 120

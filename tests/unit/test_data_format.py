@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.format import (FORMAT_VERSION, Manifest, ShardInfo, file_sha256, read_manifest, write_manifest,
-                                 write_shard)
+from harness.data.format import (
+    FORMAT_VERSION,
+    Manifest,
+    ShardInfo,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
 from harness.data.reader import ShardedReader
 from harness.data.writer import write_dataset
 

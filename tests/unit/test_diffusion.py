@@ -7,7 +7,12 @@ import torch
 
 from harness.diffusion.objective import diffuse, draw, v_loss, v_target, x0_eps_from_v
 from harness.diffusion.samplers import guided, sample
-from harness.diffusion.schedule import Schedule, alpha_sigma, logsnr_cosine, resolution_shift
+from harness.diffusion.schedule import (
+    Schedule,
+    alpha_sigma,
+    logsnr_cosine,
+    resolution_shift,
+)
 
 
 def test_cosine_schedule_closed_form():

@@ -82,10 +82,8 @@ class LiveTensorBytes(TorchDispatchMode):
 def test_memory_estimate_of_tiny_within_20_percent_of_measured(world, precision):
     """Build model, DDP, distributed optimizer and EMA and run two training steps under a dispatch
     mode that tracks live tensor bytes; the peak of the second step (Adam state exists) is measured."""
-    from harness.parallel.ddp import build_optimizer, wrap_ddp
+    from harness.checkpoint.stage import TrainingStage
     from harness.parallel.layout import initialize_layout
-    from harness.parallel.pipeline import build_stage
-    from harness.train.ema import EMA
     from harness.train.step import MicroBatch, StepRunner
 
     b = 8
@@ -98,15 +96,12 @@ def test_memory_estimate_of_tiny_within_20_percent_of_measured(world, precision)
                     list(range(b)))
     tracker = LiveTensorBytes()
     with tracker:
-        model = build_stage(cfg, layout, vocab_size=64, text_dim=None, device=torch.device("cpu"))
-        ddp = wrap_ddp(model, cfg)
-        optimizer, scheduler = build_optimizer(ddp, cfg)
-        ema = EMA(model, 0.999)
-        runner = StepRunner(ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
+        stage = TrainingStage.build(cfg, layout, vocab_size=64)
+        runner = StepRunner(stage.ddp, stage.optimizer, stage.scheduler, cfg, layout, pack_spec(stage.model, cfg))
         runner.train_step([mb], 1)
         tracker.peak = tracker.current
         runner.train_step([mb], 1)
-    del ema
+    del stage
     inv = plan.build_inventory(cfg.model, vocab_size=64)
     est = plan.estimate(plan.Shape.of(cfg.model), inv, plan.Cluster(gpus_per_node=1), 1, 1, b, b, precision=precision)
     assert est.activation_bytes > 0.7 * est.memory_bytes                 # the part the shapes must get right

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.reader import ShardedReader, area_downsample, epoch_permutation, rank_positions
+from harness.data.reader import (
+    ShardedReader,
+    area_downsample,
+    epoch_permutation,
+    rank_positions,
+)
 from harness.data.writer import write_dataset
 
 N = 37  # not a multiple of any batch size below, so global batches straddle epochs

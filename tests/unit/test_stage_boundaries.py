@@ -1,0 +1,131 @@
+"""Every stage boundary keeps the weights it loads, in the precision users run (bf16 with the
+distributed optimizer) as well as fp32 (the invariant: tests/invariants.py)."""
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+from invariants import NEGLIGIBLE, assert_held, max_change, weights
+
+from harness.checkpoint import io
+from harness.checkpoint.reshard import export_safetensors, import_safetensors
+from harness.config import load
+from harness.growth.grow import grow
+from harness.parallel.layout import initialize_layout
+from harness.train.continuity import Continuity, ContinuityWarning
+from harness.train.loop import train
+
+PRECISIONS = ["fp32", "bf16"]
+
+
+def _data(tiny_data, precision: str) -> list[str]:
+    return [f"data.path={tiny_data / 'train'}", f"data.heldout_path={tiny_data / 'heldout'}",
+            "train.matmul_precision=highest", "train.log_every_steps=1", "diffusion.sample_steps=2",
+            "train.num_samples=2", f"train.precision={precision}", "parallel.distributed_optimizer=true",
+            "train.continuity_samples=8"]
+
+
+@pytest.fixture(scope="module", params=PRECISIONS)
+def core(request, world, tiny_data, tmp_path_factory):
+    """A tiny core trained 4 steps at a real learning rate, in each precision."""
+    root = tmp_path_factory.mktemp(f"boundary-{request.param}")
+    data = _data(tiny_data, request.param)
+    train(load("configs/tiny/core.yaml", data + [f"train.run_dir={root / 'core'}", "train.steps=4"]))
+    return {"root": root, "data": data, "precision": request.param}
+
+
+def test_init_from_keeps_the_loaded_weights(core):
+    run = core["root"] / "init_from"
+    train(load("configs/tiny/core.yaml", core["data"] + NEGLIGIBLE + [
+        f"train.run_dir={run}", f"train.init_from={core['root'] / 'core'}", "train.steps=1"]))
+    assert_held(weights(core["root"] / "core"), weights(run))
+
+
+def test_grow_frozen_then_finetune_keep_the_loaded_weights(core):
+    """core -> tools/grow.py -> grow-frozen (1 step) -> grow-finetune from it (1 step)."""
+    root, data = core["root"], core["data"]
+    frozen = load("configs/tiny/grow-frozen.yaml", data + NEGLIGIBLE + [
+        f"train.run_dir={root / 'frozen'}", "train.steps=1"])
+    step0, _ = grow(root / "core", frozen, initialize_layout(1, 1))
+    train(frozen)
+    assert_held(weights(step0), weights(root / "frozen"))
+    finetune = load("configs/tiny/grow-finetune.yaml", data + NEGLIGIBLE + [
+        f"train.run_dir={root / 'finetune'}", f"train.init_from={root / 'frozen'}", "train.steps=1"])
+    train(finetune)
+    assert_held(weights(root / "frozen"), weights(root / "finetune"))
+
+
+def test_import_then_resume_keeps_the_imported_weights(core):
+    root = core["root"]
+    release = export_safetensors(io.resolve(root / "core"), root / "release.safetensors")
+    imported = import_safetensors(release, root / "imported", initialize_layout(1, 1), NEGLIGIBLE)
+    step = io.read_meta(imported)["step"]
+    train(load("configs/tiny/core.yaml", core["data"] + NEGLIGIBLE + [
+        f"train.run_dir={root / 'imported'}", f"train.steps={step + 1}"]))
+    assert io.read_meta(io.latest_checkpoint(root / "imported"))["step"] == step + 1
+    assert_held(weights(imported), weights(root / "imported"))
+
+
+def _losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_exactly(core):
+    """Stopped after 2 steps and resumed, a run logs the uninterrupted run's losses bit for bit and
+    ends on the same weights (the optimizer's fp32 main copies travel in the checkpoint)."""
+    root, data = core["root"], core["data"]
+    common = data + ["train.steps=4", "optim.decay_steps=4", "train.ckpt_every_steps=2"]
+    train(load("configs/tiny/core.yaml", common + [f"train.run_dir={root / 'split'}", "train.steps=2"]))
+    train(load("configs/tiny/core.yaml", common + [f"train.run_dir={root / 'split'}"]))
+    assert _losses(root / "split") == _losses(root / "core")
+    assert max_change(weights(root / "core"), weights(root / "split")) == 0
+    meta = io.read_meta(io.latest_checkpoint(root / "split"))
+    assert meta["step"] == 4 and meta["consumed_samples"] == 32 and meta["stage"] == "core"
+    assert meta["config"]["train"]["steps"] == 4 and meta["layout"]["dp"] == 1
+    assert meta["precision"] == core["precision"] and meta["loss"] == _losses(root / "core")[-1]
+    for name in ("loss.png", "samples.png"):
+        assert (root / "core" / name).stat().st_size > 1000
+
+
+def test_sampling_during_training_leaves_the_run_unchanged(core):
+    """Sample grids swap the EMA weights in and out of the model between steps; the losses and the
+    final weights must be those of the run that did not sample."""
+    run = core["root"] / "sampled"
+    train(load("configs/tiny/core.yaml", core["data"] + [f"train.run_dir={run}", "train.steps=4",
+                                                         "train.sample_every_steps=2"]))
+    assert (run / "samples_step0000002.png").is_file()
+    assert _losses(run) == _losses(core["root"] / "core")
+    assert max_change(weights(core["root"] / "core"), weights(run)) == 0
+
+
+def test_the_first_log_of_a_stage_shows_the_loaded_loss(core):
+    """init_from logs the loaded weights' loss next to the source's last logged one; no warning."""
+    run = core["root"] / "continuity"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContinuityWarning)
+        train(load("configs/tiny/core.yaml", core["data"] + [
+            f"train.run_dir={run}", f"train.init_from={core['root'] / 'core'}", "train.steps=1"]))
+    first = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert first["source_loss"] == io.read_meta(io.resolve(core["root"] / "core"))["loss"]
+    assert 0 < first["start_loss"] < 1.5 * first["source_loss"]
+
+
+def test_a_loss_jump_at_the_boundary_is_a_warning_naming_both_numbers(core, tmp_path):
+    """A source whose logged loss the loaded weights cannot reproduce (here: meta.json says 0.01)."""
+    source = tmp_path / "source"
+    shutil.copytree(io.resolve(core["root"] / "core"), source)
+    meta = json.loads((source / "meta.json").read_text())
+    (source / "meta.json").write_text(json.dumps({**meta, "loss": 0.01}))
+    with pytest.warns(ContinuityWarning, match=r"jumped \d+\.\dx at the stage boundary: 0\.\d+ .* vs 0\.0100"):
+        train(load("configs/tiny/core.yaml", core["data"] + [
+            f"train.run_dir={tmp_path / 'run'}", f"train.init_from={source}", "train.steps=1"]))
+
+
+def test_a_loss_rise_in_the_first_steps_is_a_warning():
+    c = Continuity(Path("ckpt"), 0.60, rank=0)
+    assert c.score(lambda: 0.62, samples=64, global_batch=32) == {"start_loss": 0.62, "source_loss": 0.60}
+    with pytest.warns(ContinuityWarning, match=r"rose 1\.6x in the first steps .* 0\.6200 .* 0\.9900 logged at step 25"):
+        c.first_logged(0.99, 25)
+    c.first_logged(5.0, 50)          # only the first logged loss is compared
