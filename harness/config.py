@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,11 @@ class DataConfig:
     """Seed of the per-epoch sample permutation."""
     verify_checksums: bool = True
     """Check each shard's sha256 against the manifest when first opened."""
+    on_corrupt: str = "error"
+    """A sample or shard that cannot be read (or fails its checksum): `error` stops the run naming
+    it; `skip` logs the file and index, counts it and trains on another sample of the batch."""
+    max_corrupt: int = 100
+    """With on_corrupt=skip: stop once this many samples were skipped (a data set that is mostly bad)."""
 
 
 @dataclass
@@ -101,6 +107,9 @@ class OptimConfig:
     """Global gradient-norm clip (0 disables)."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of the weights used for sampling (0 disables)."""
+    max_skipped_steps: int = 10
+    """Steps with a non-finite loss or gradient are skipped (no update, counted in the log); this many
+    in a row stop the run with an error naming the step."""
     override_schedule: bool = False
     """On resume, take the learning-rate and weight-decay schedule from this config instead of the
     checkpoint (Megatron-LM's --override-opt_param-scheduler); the step count still comes from the
@@ -133,6 +142,10 @@ class TrainConfig:
     """Optimizer steps of this stage."""
     time_limit_minutes: float = 0.0
     """Stop (with a checkpoint) after this much training time; 0: no limit."""
+    time_limit_completes: bool = False
+    """A stage stopped by its time limit counts as complete (exit 0, `check_config.py --finished`):
+    for stages whose budget is time rather than steps (the CPU demo). Otherwise it is `stopped`
+    (exit 3), so a chain's next stage does not start from it."""
     run_dir: str = "runs/default"
     """Folder for checkpoints, logs, sample grids and plots."""
     init_from: str = ""
@@ -293,11 +306,52 @@ def _require(ok: bool, source: str, key: str, message: str) -> None:
         raise ConfigError(f"{source}: {key} {message}")
 
 
+# Numeric ranges, checked for every field listed (list fields: every entry); every float must also
+# be finite. "[a, b)" etc. are intervals, ">= a" / "> a" half-lines.
+RANGES = {
+    "model.resolution_px": ">= 1", "model.core_grid": ">= 1", "model.level_channels": ">= 1",
+    "model.blocks_per_level": ">= 1", "model.text_max_len": ">= 1", "model.dropout": "[0, 1)",
+    "diffusion.base_resolution_px": ">= 1", "diffusion.caption_drop_prob": "[0, 1)", "diffusion.sample_steps": ">= 1",
+    "diffusion.guidance_scale": ">= 0",
+    "data.seed": ">= 0", "data.max_corrupt": ">= 0",
+    "optim.lr": "> 0", "optim.min_lr": ">= 0", "optim.warmup_steps": ">= 0", "optim.decay_steps": ">= 0",
+    "optim.weight_decay": ">= 0", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.eps": "> 0",
+    "optim.clip_grad": ">= 0", "optim.ema_decay": "[0, 1)", "optim.max_skipped_steps": ">= 1",
+    "parallel.tp": ">= 1", "parallel.pp": ">= 1", "parallel.micro_batch": ">= 1", "parallel.global_batch": ">= 1",
+    "parallel.timeout_s": "> 0", "parallel.pp_layers": ">= 1",
+    "train.steps": ">= 1", "train.time_limit_minutes": ">= 0", "train.seed": ">= 0", "train.log_every_steps": ">= 1",
+    "train.sample_every_steps": ">= 0", "train.ckpt_every_steps": ">= 1", "train.keep_checkpoints": ">= 1",
+    "train.num_samples": ">= 1", "train.continuity_samples": ">= 0",
+}
+
+
+def _in_range(value: float, spec: str) -> bool:
+    if spec.startswith((">=", ">")):
+        bound = float(spec.lstrip(">= "))
+        return value >= bound if spec.startswith(">=") else value > bound
+    low, high = (float(x) for x in spec[1:-1].split(","))
+    return (low <= value if spec[0] == "[" else low < value) and (value <= high if spec[-1] == "]" else value < high)
+
+
+def _check_numbers(cfg: RunConfig, source: str) -> None:
+    """Every float finite; every field of RANGES inside its range (one-line error naming the key)."""
+    for section in dataclasses.fields(cfg):
+        group = getattr(cfg, section.name)
+        for f in dataclasses.fields(group):
+            key, value = f"{section.name}.{f.name}", getattr(group, f.name)
+            for v in (value if isinstance(value, list) else [value]):
+                if isinstance(v, float):
+                    _require(math.isfinite(v), source, key, f"must be a finite number, got {v!r}")
+                if key in RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    _require(_in_range(v, RANGES[key]), source, key, f"must be {RANGES[key]}, got {v!r}")
+
+
 def validate(cfg: RunConfig, source: str = "config") -> None:
     """Check values that the types cannot: ranges, choices and sizes that must divide."""
     from harness.model.sizes import MODEL_SIZES
 
     m, d, p, t, o = cfg.model, cfg.diffusion, cfg.parallel, cfg.train, cfg.optim
+    _check_numbers(cfg, source)
     _require(m.size in MODEL_SIZES, source, "model.size", f"must be one of {sorted(MODEL_SIZES)}, got {m.size!r}")
     _require(m.arch in ("shallow", "grown"), source, "model.arch", f"must be shallow or grown, got {m.arch!r}")
     _require(m.text_encoder in ("learned", "precomputed"), source, "model.text_encoder",
@@ -313,35 +367,21 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         _require(not m.level_channels or len(m.level_channels) == levels, source, "model.level_channels",
                  f"needs {levels} entries (one per level from {m.resolution_px} px down to {m.core_grid}), "
                  f"got {len(m.level_channels)}")
-    _require(m.blocks_per_level >= 1, source, "model.blocks_per_level", "must be >= 1")
-    _require(m.text_max_len >= 1, source, "model.text_max_len", "must be >= 1")
-    _require(0.0 <= m.dropout < 1.0, source, "model.dropout", "must be in [0, 1)")
     _require(d.sampler in ("ddim", "ancestral"), source, "diffusion.sampler", f"must be ddim or ancestral, got {d.sampler!r}")
     _require(d.logsnr_min < d.logsnr_max, source, "diffusion.logsnr_min", "must be below diffusion.logsnr_max")
-    _require(0.0 <= d.caption_drop_prob < 1.0, source, "diffusion.caption_drop_prob", "must be in [0, 1)")
-    _require(d.sample_steps >= 1, source, "diffusion.sample_steps", "must be >= 1")
-    _require(o.lr > 0 and 0 <= o.min_lr <= o.lr, source, "optim.min_lr", "must satisfy 0 <= min_lr <= lr, lr > 0")
-    _require(0.0 <= o.ema_decay < 1.0, source, "optim.ema_decay", "must be in [0, 1)")
-    _require(o.warmup_steps >= 0, source, "optim.warmup_steps", "must be >= 0")
-    _require(o.decay_steps >= 0, source, "optim.decay_steps", "must be >= 0")
-    _require(p.tp >= 1 and p.pp >= 1, source, "parallel.tp", "and parallel.pp must be >= 1")
-    _require(p.micro_batch >= 1, source, "parallel.micro_batch", "must be >= 1")
-    _require(p.timeout_s > 0, source, "parallel.timeout_s", "must be > 0")
+    _require(o.min_lr <= o.lr, source, "optim.min_lr", f"({o.min_lr}) must not exceed optim.lr ({o.lr})")
+    _require(cfg.data.on_corrupt in ("error", "skip"), source, "data.on_corrupt",
+             f"must be error or skip, got {cfg.data.on_corrupt!r}")
     _require(p.global_batch % p.micro_batch == 0, source, "parallel.global_batch",
              f"({p.global_batch}) must be a multiple of parallel.micro_batch ({p.micro_batch})")
     _require(t.stage in STAGES, source, "train.stage", f"must be one of {STAGES}, got {t.stage!r}")
     _require((t.stage == "core") == (m.arch == "shallow"), source, "train.stage",
              f"{t.stage!r} does not fit model.arch {m.arch!r} (core trains the shallow model, "
              "grow-* stages the grown one)")
-    _require(t.steps >= 1, source, "train.steps", "must be >= 1")
     _require(t.precision in ("fp32", "bf16", "auto"), source, "train.precision",
              f"must be fp32, bf16 or auto, got {t.precision!r}")
     _require(t.matmul_precision in ("highest", "high", "medium"), source, "train.matmul_precision",
              f"must be highest, high or medium, got {t.matmul_precision!r}")
-    for key in ("log_every_steps", "ckpt_every_steps", "keep_checkpoints", "num_samples"):
-        _require(getattr(t, key) >= 1, source, f"train.{key}", "must be >= 1")
-    _require(t.sample_every_steps >= 0, source, "train.sample_every_steps", "must be >= 0")
-    _require(t.continuity_samples >= 0, source, "train.continuity_samples", "must be >= 0")
     size = MODEL_SIZES[m.size]
     _require(size.heads % p.tp == 0, source, "parallel.tp",
              f"({p.tp}) must divide the core's {size.heads} attention heads (model.size={m.size})")

@@ -19,7 +19,7 @@ WORDS = ["red", "blue", "green", "yellow", "circle", "square", "big", "small", "
 @pytest.fixture(scope="session")
 def world():
     """torch.distributed (gloo, world of one) and Megatron's process groups at TP=PP=1."""
-    from harness.dist.launch import init_distributed
+    from harness.distributed.launch import init_distributed
     from harness.parallel.layout import initialize_layout
 
     init_distributed()

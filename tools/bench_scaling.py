@@ -30,7 +30,7 @@ LAYOUTS = ("1x1", "2x1", "1x2")   # TPxPP; DP fills the rest of the world
 def worker(args) -> None:
     """Time `args.steps` training steps at (tp, pp) in the launched world; rank 0 writes a JSON row."""
     from harness.config import load
-    from harness.dist.launch import init_distributed
+    from harness.distributed.launch import init_distributed
     from harness.eval.flops import count_flops
     from harness.parallel.layout import device, initialize_layout
     from harness.train.synthetic import synthetic_step

@@ -29,7 +29,7 @@ import time
 import torch
 
 from harness.config import load
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.eval.flops import count_flops, matmul_tflops
 from harness.model.core import Core, core_transformer_config
 from harness.parallel.layout import device, initialize_layout

@@ -9,9 +9,10 @@ train.run_dir can be created and written, the data set exists, and where the sta
 (`--source` for tools/grow.py, else run_dir's `latest` or train.init_from) exists. Prints one line
 and exits 0, or prints `error: ...` (one line) and exits 2.
 
-`--finished` instead asks whether the stage is done: its latest checkpoint is at train.steps (or the
-stage had a train.time_limit_minutes, whose stop is its end). A run stopped by SIGTERM, or by USR1
-when the requeue failed, is not: exit 3, so that jobs waiting on it with afterok do not start.
+`--finished` instead asks whether the stage is done: its latest checkpoint says it is complete
+(train.steps reached, or its time limit with train.time_limit_completes). A run stopped by SIGTERM,
+by USR1 when the requeue failed, or by its time limit otherwise, is not: exit 3, so that jobs
+waiting on it with afterok do not start.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import os
 import sys
 from pathlib import Path
 
+from harness.checkpoint.rundir import unwritable_reason
 from harness.config import ConfigError, load, validate_world
-from harness.train.rundir import unwritable_reason
 
 
 def check(config: str, overrides: list[str], world_size: int | None, source: str | None) -> str:
@@ -58,9 +59,10 @@ def finished(config: str, overrides: list[str]) -> str:
     """The one-line summary of a finished stage; raises ConfigError if it stopped before its end."""
     cfg = load(config, overrides)
     latest = Path(cfg.train.run_dir) / "latest"
-    step = json.loads((latest.parent / latest.read_text().strip() / "meta.json").read_text())["step"] \
-        if latest.is_file() else 0
-    if step < cfg.train.steps and not cfg.train.time_limit_minutes:
+    meta = json.loads((latest.parent / latest.read_text().strip() / "meta.json").read_text()) \
+        if latest.is_file() else {"step": 0}
+    step = meta["step"]
+    if not meta.get("complete", False):
         raise ConfigError(f"{cfg.train.run_dir}: stopped at step {step} of {cfg.train.steps}; "
                           "submit the same job again to resume")
     return f"{cfg.train.run_dir}: stage {cfg.train.stage} finished at step {step}"

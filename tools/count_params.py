@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from harness.config import ModelConfig
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.model.sizes import MODEL_SIZES
 from harness.model.uvit import build_model
 from harness.parallel.layout import initialize_layout

@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
 
 from harness.checkpoint import io
+from harness.checkpoint.rundir import RunDirLocked
 from harness.config import ConfigError, load
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.growth.grow import grow
 from harness.growth.rules import GrowthError
 from harness.parallel.layout import initialize_layout
+from harness.train.start import hold_run_dir
 
 
 def _modules(names) -> str:
@@ -43,15 +46,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     info = init_distributed(cfg.parallel.timeout_s)
     layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.parallel.timeout_s)
-    if io.latest_checkpoint(cfg.train.run_dir) is not None:
-        print(f"error: train.run_dir {cfg.train.run_dir} already holds a checkpoint; growing would start it over",
-              file=sys.stderr)
+    try:
+        lock = hold_run_dir(Path(cfg.train.run_dir), layout)
+    except RunDirLocked as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        if (Path(cfg.train.run_dir) / io.LATEST).exists():
+            print(f"error: train.run_dir {cfg.train.run_dir} already holds a checkpoint; growing would start it over",
+                  file=sys.stderr)
+            return 2
         path, plan = grow(args.source, cfg, layout, weights=args.weights)
     except (GrowthError, io.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     if info.rank == 0:
         print(f"carried {len(plan.carried)} tensors bit for bit: {_modules(plan.carried)}")
         print(f"dropped {len(plan.dropped)}: {_modules(plan.dropped)}")

@@ -28,7 +28,7 @@ import numpy as np
 from harness.checkpoint import io
 from harness.config import from_dict, load
 from harness.data.reader import ShardedReader
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.eval.eval_loss import per_sample_losses, summarize
 from harness.eval.flops import count_flops
 from harness.eval.load import load_for_inference

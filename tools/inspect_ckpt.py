@@ -2,12 +2,16 @@
 per module, the frozen set, the lineage.
 
     python tools/inspect_ckpt.py runs/demo/grow-frozen           # a run directory (its latest) or a checkpoint
+    python tools/inspect_ckpt.py runs/demo/grow-frozen --verify  # also read every tensor back; exit 1 if any fails
+
+Nothing in the checkpoint is unpickled beyond checkpoint metadata (harness/checkpoint/safe_pickle.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -26,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="checkpoint directory, or a run directory (its latest checkpoint)")
     parser.add_argument("--layers", action="store_true", help="list every core layer instead of summing them")
+    parser.add_argument("--verify", action="store_true", help="read every tensor back; exit 1 naming each bad file")
     args = parser.parse_args(argv)
     try:
         ckpt = io.resolve(args.path)
@@ -33,12 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         shapes = io.stored_shapes(ckpt)
     except io.CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
+    if args.verify:
+        problems = io.verify(ckpt, tensors=True)
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"verified {ckpt}: every file present and every one of {len(shapes)} tensors read back")
     cfg = meta["config"]
     frozen = set(meta.get("frozen", []))
     print(f"checkpoint   {ckpt}")
     print(f"stage        {meta['stage']}   step {meta['step']}   saved {meta.get('saved_at', '?')}")
     print(f"model        {cfg['model']['size']} {cfg['model']['arch']} {cfg['model']['resolution_px']} px, "
-          f"precision {cfg['train']['precision']}")
+          f"precision {meta.get('precision', cfg['train']['precision'])}")
     print("layout       " + "  ".join(f"{k}={v}" for k, v in meta["layout"].items()) + "   (loads at any layout)")
     print(f"data         {meta['consumed_samples']:,} samples consumed of {cfg['data']['path']} (seed {cfg['data']['seed']})")
     print("versions     " + "  ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from harness.config import ModelConfig
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.parallel.layout import initialize_layout
 from harness.parallel.plan import (
     INTERCONNECTS,

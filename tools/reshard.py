@@ -24,9 +24,11 @@ from harness.checkpoint.reshard import (
     load_stage,
     verify,
 )
+from harness.checkpoint.rundir import RunDirLocked
 from harness.config import ConfigError, from_dict
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.parallel.layout import initialize_layout
+from harness.train.start import hold_run_dir
 
 
 def _layout_for(meta_config: dict, overrides: list[str], source: str):
@@ -46,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="target layout etc., e.g. parallel.tp=2 parallel.pp=2")
     args = parser.parse_args(argv)
     init_distributed()
+    lock = None
     try:
         if args.import_file:
             layout = initialize_layout(1, 1)
+            lock = hold_run_dir(Path(args.out), layout)
             path = import_safetensors(Path(args.import_file), Path(args.out), layout, args.overrides)
             print(f"wrote {path}")
             return 0
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = _layout_for(meta["config"], args.overrides, str(source / "meta.json"))
         if not args.out:
             parser.error("--out is required to convert a checkpoint")
+        lock = hold_run_dir(Path(args.out), layout)
         start = time.perf_counter()
         stage, state = load_stage(source, layout, args.overrides)
         result = stage.save(Path(args.out), state)
@@ -72,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({size / 1e6:.1f} MB) in {seconds:.2f} s")
         if args.verify:
             verify(source, result, layout, args.overrides)
-    except (ConfigError, io.CheckpointError, ValueError) as e:
+    except (ConfigError, io.CheckpointError, RunDirLocked, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -6,14 +6,19 @@
       .tmp-step_0001240/      a save in progress (or interrupted): never read
 
 A checkpoint is written under a temporary name and renamed when complete, then `latest` is
-replaced atomically, so a crash mid-save leaves the last good checkpoint in place. Nothing in a
-checkpoint is unpickled beyond what `torch.load(weights_only=True)` (torch's default) accepts.
+replaced atomically, so a crash mid-save leaves the last good checkpoint in place. A save never
+skips: a `step_N` left by another run (a rerun after a rollback) is replaced, and `latest` always
+ends on what this run wrote. Pruning deletes only older checkpoints of the same run (meta.json
+`run_id`), never the target of `latest`, the checkpoint just written or one a resume fell back to.
+Nothing in a checkpoint is unpickled beyond what `torch.load(weights_only=True)` accepts: torch's
+`.metadata` goes through a restricted unpickler (harness/checkpoint/safe_pickle.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,9 +28,15 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from torch.distributed.checkpoint import FileSystemReader
+
+from harness.checkpoint import safe_pickle
+
+safe_pickle.install()
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+NAME = re.compile(r"step_\d{7,}")
 
 
 class CheckpointError(RuntimeError):
@@ -62,7 +73,10 @@ def resolve(path: str | Path) -> Path:
         return path
     pointer = path / LATEST
     if pointer.is_file():
-        target = path / pointer.read_text().strip()
+        name = pointer.read_text().strip()
+        if not NAME.fullmatch(name):      # a name, not a path: `latest` cannot point outside its folder
+            raise CheckpointError(f"{pointer}: holds {name[:80]!r}, not a checkpoint name like step_0000100")
+        target = path / name
         if not (target / "meta.json").is_file():
             raise CheckpointError(f"{pointer}: points to {target.name}, which is not a complete checkpoint")
         return target
@@ -98,15 +112,17 @@ def versions() -> dict:
 
 
 def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, keep: int = 2,
-         files: dict[str, bytes] | None = None) -> Path:
+         files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = ()) -> Path:
     """Collectively write `sharded_state_dict` + meta.json (+ `files`, written under their names)
-    as run_dir/step_NNNNNNN; return its path."""
+    as run_dir/step_NNNNNNN, point `latest` at it and prune; return its path. `meta` holds the
+    run_id that pruning goes by; `protect` lists checkpoints pruning must keep."""
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
-    if (final / "meta.json").is_file():
-        return final                                   # this exact step is already saved and complete
     tmp = run_dir / f".tmp-{final.name}"
     if _rank() == 0:
+        latest = latest_checkpoint(run_dir) if (run_dir / LATEST).is_file() else None
+        if latest is not None and latest.name == final.name:
+            raise CheckpointError(f"{final}: is the run's latest checkpoint; a save may not replace it")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)         # leftover of an interrupted save
         tmp.mkdir()
@@ -119,17 +135,108 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
         for name, content in (files or {}).items():
             (tmp / name).write_bytes(content)
         write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
-        os.rename(tmp, final)
+        _replace_dir(tmp, final)
         write_text_atomic(run_dir / LATEST, final.name + "\n")
-        _prune(run_dir, keep)
+        _prune(run_dir, final, meta.get("run_id"), keep, protect)
     _barrier()
     return final
 
 
-def _prune(run_dir: Path, keep: int) -> None:
-    complete = sorted(p for p in run_dir.glob("step_*") if (p / "meta.json").is_file())
-    for old in complete[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename src to dst; a dst left by another run (not `latest`'s target) is moved aside, then deleted."""
+    if dst.exists():
+        aside = dst.with_name(f".replaced-{dst.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(dst, aside)
+        os.rename(src, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(src, dst)
+    for leftover in dst.parent.glob(".deleting-*"):       # of a prune that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
+def _prune(run_dir: Path, written: Path, run_id: str | None, keep: int, protect: tuple[Path, ...]) -> None:
+    """Keep the `keep` newest checkpoints of this run up to `written`; delete older ones of this run.
+    Checkpoints of other runs, newer than `written` (a rolled-back future) or protected stay."""
+    kept = {p.resolve() for p in (written, *protect)}
+    older = []
+    for p in run_dir.glob("step_*"):
+        if not NAME.fullmatch(p.name) or p.resolve() in kept or _step_of(p) >= _step_of(written):
+            continue
+        try:
+            mine = read_meta(p).get("run_id") == run_id
+        except CheckpointError:
+            continue                                   # incomplete or foreign: not ours to delete
+        if mine:
+            older.append(p)
+    for old in sorted(older, key=_step_of)[:max(len(older) - (keep - 1), 0)]:
+        _delete_dir(old)
+
+
+def _delete_dir(path: Path) -> None:
+    """Rename, then delete: a kill in the middle never leaves a half-deleted checkpoint that looks whole."""
+    doomed = path.with_name(f".deleting-{path.name}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def previous_checkpoint(run_dir: str | Path, before: Path) -> Path | None:
+    """The newest complete checkpoint of run_dir older than `before` (for falling back), or None."""
+    older = [p for p in Path(run_dir).glob("step_*") if NAME.fullmatch(p.name) and _step_of(p) < _step_of(before)
+             and (p / "meta.json").is_file()]
+    return max(older, key=_step_of, default=None)
+
+
+def set_latest(run_dir: str | Path, ckpt: Path) -> None:
+    """Point `latest` at a checkpoint of run_dir."""
+    write_text_atomic(Path(run_dir) / LATEST, ckpt.name + "\n")
+
+
+def verify(ckpt_dir: str | Path, tensors: bool = False) -> list[str]:
+    """Problems of a checkpoint, one line each naming the file: meta.json, torch's .metadata, every
+    shard file there and long enough for what the metadata says it holds, and (`tensors`) every
+    tensor read back. Empty when it is whole. In this process alone."""
+    ckpt = Path(ckpt_dir)
+    try:
+        read_meta(ckpt)
+    except CheckpointError as e:
+        return [str(e)]
+    try:
+        metadata = FileSystemReader(str(ckpt)).read_metadata()
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the finding
+        return [_unreadable_metadata(ckpt, e)]
+    ends: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    problems = []
+    for name, end in sorted(ends.items()):
+        path = ckpt / name
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            problems.append(f"{path}: missing (the checkpoint's metadata lists it)")
+        elif size < end:
+            problems.append(f"{path}: truncated ({size:,} bytes, the metadata needs {end:,})")
+    if tensors and not problems:
+        try:
+            read_tensors(ckpt)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{ckpt}: a tensor cannot be read ({type(e).__name__}: {_one_line(e)})")
+    return problems
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _unreadable_metadata(ckpt: Path, e: Exception) -> str:
+    if isinstance(e, safe_pickle.UnsafeCheckpointError):
+        return str(e)                                   # names the file and the refused global
+    return f"{ckpt / '.metadata'}: cannot be read ({type(e).__name__}: {_one_line(e)})"
 
 
 def read_tensors(ckpt_dir: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -144,8 +251,11 @@ def read_tensors(ckpt_dir: str | Path, prefix: str = "") -> dict[str, torch.Tens
 
 def stored_shapes(ckpt_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Global shape of every tensor stored in a checkpoint, read from its metadata only."""
-    return {k: tuple(v.global_shape) for k, v in
-            dist_checkpointing.load_tensors_metadata(str(ckpt_dir)).items()}
+    try:
+        stored = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
+    except Exception as e:  # noqa: BLE001 - a crafted, foreign or damaged .metadata
+        raise CheckpointError(_unreadable_metadata(Path(ckpt_dir), e)) from e
+    return {k: tuple(v.global_shape) for k, v in stored.items()}
 
 
 def check_keys(ckpt_dir: str | Path, sharded_state_dict: dict, families: tuple[str, ...]) -> None:
@@ -176,6 +286,14 @@ def check_keys(ckpt_dir: str | Path, sharded_state_dict: dict, families: tuple[s
 
 
 def load(ckpt_dir: str | Path, sharded_state_dict: dict, families: tuple[str, ...]) -> dict:
-    """Check keys and shapes, then load this rank's shards; returns the loaded (nested) state dict."""
-    check_keys(ckpt_dir, sharded_state_dict, families)
-    return dist_checkpointing.load(sharded_state_dict, str(ckpt_dir))
+    """Check keys and shapes, then load this rank's shards; returns the loaded (nested) state dict.
+    A checkpoint that cannot be read is a CheckpointError naming it and the bad file."""
+    try:
+        check_keys(ckpt_dir, sharded_state_dict, families)
+        return dist_checkpointing.load(sharded_state_dict, str(ckpt_dir))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - turned into one error that names the file
+        found = verify(ckpt_dir) if _rank() == 0 else []
+        detail = "; ".join(found) or f"{type(e).__name__}: {_one_line(e)}"
+        raise CheckpointError(f"{ckpt_dir}: cannot be loaded: {detail}") from e

@@ -81,7 +81,10 @@ def import_safetensors(path: Path, run_dir: Path, layout: Layout, overrides: lis
         if header.get("format") != FORMAT:
             raise ValueError(f"{path}: not a file written by tools/reshard.py --export (no format tag in the header)")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    cfg = from_dict(json.loads(header["config"]), f"{path} header", [f"train.run_dir={run_dir}", *overrides])
+    # The header's config says what model to build; where this copy lives and starts from is ours:
+    # its run directory is --out, it starts from nothing else, its tokenizer is the one in the header.
+    cfg = from_dict(json.loads(header["config"]), f"{path} header",
+                    [f"train.run_dir={run_dir}", "train.init_from=", "data.tokenizer=", *overrides])
     tokenizer = None
     if TOKENIZER_FILE in header:
         tokenizer = Path(run_dir) / f".imported-{TOKENIZER_FILE}"
@@ -92,6 +95,10 @@ def import_safetensors(path: Path, run_dir: Path, layout: Layout, overrides: lis
     extra = sorted(set(tensors) - set(stage.ema.shadow))
     if missing or extra:
         raise ValueError(f"{path}: does not match the model of its config: missing {missing}, unexpected {extra}")
+    shapes = {name: tuple(p.shape) for name, p in stage.model.named_parameters()}
+    wrong = [f"{k} {tuple(tensors[k].shape)} (model {shapes[k]})" for k in shapes if tuple(tensors[k].shape) != shapes[k]]
+    if wrong:
+        raise ValueError(f"{path}: {len(wrong)} tensors do not have the shapes of its config's model: {', '.join(wrong)}")
     stage.assign(tensors)
     state = TrainState(step=int(header["step"]), consumed_samples=int(header["consumed_samples"]),
                        lineage=[{"imported": str(Path(path).resolve())}])

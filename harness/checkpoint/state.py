@@ -6,10 +6,12 @@ optimizer state in model space (`fully_reshardable`), so every part loads at any
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from harness.checkpoint import io
 from harness.checkpoint.sharded import (
@@ -29,6 +31,9 @@ class TrainState:
     consumed_samples: int = 0
     lineage: list[dict] = field(default_factory=list)
     loss: float | None = None      # the last logged training loss (the continuity check compares with it)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)   # a resume keeps it; pruning goes by it
+    skipped_steps: int = 0         # steps skipped for a non-finite loss or gradient, in all
+    complete: bool = False         # the stage ended here (train.steps, or a time limit that completes it)
 
 
 def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
@@ -46,16 +51,33 @@ def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
 
 
 def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema, optimizer,
-         scheduler, frozen: list[str], files: dict[str, bytes] | None = None) -> Path:
-    """Collectively write a complete training checkpoint of this step."""
+         scheduler, frozen: list[str], files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = ()) -> Path:
+    """Collectively write a complete training checkpoint of this step; non-finite weights or EMA are
+    never written (CheckpointError naming the step and tensor)."""
+    _check_finite(state.step, model, ema)
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
         "config": to_dict(cfg), "layout": {k: v for k, v in layout.describe().items() if not k.endswith("rank")},
         "scheduler": scheduler.state_dict(), "frozen": frozen, "lineage": state.lineage, "loss": state.loss,
-        "precision": precision(cfg),
+        "precision": precision(cfg), "run_id": state.run_id, "skipped_steps": state.skipped_steps,
+        "complete": state.complete,
     }
     return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints,
-                   files=files)
+                   files=files, protect=protect)
+
+
+def _check_finite(step: int, model, ema) -> None:
+    """Raise on every rank if any rank holds a non-finite weight or EMA value (collective)."""
+    bad = next((f"{family}{name}" for family, tensors in (("model.", dict(model.named_parameters())),
+                                                          ("ema.", ema.shadow))
+                for name, t in tensors.items() if not torch.isfinite(t).all()), None)
+    flag = torch.tensor([float(bad is not None)], device=next(model.parameters()).device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item():
+        where = bad or "a tensor of another rank"
+        raise io.CheckpointError(f"step {step}: not saved, the weights are not finite ({where}); "
+                                 "the last good checkpoint stays `latest`")
 
 
 def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer: bool = True) -> TrainState:
@@ -73,7 +95,8 @@ def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer:
         _unshare_steps(optimizer)
         scheduler.load_state_dict(meta["scheduler"])
     return TrainState(step=meta["step"], consumed_samples=meta["consumed_samples"], lineage=meta.get("lineage", []),
-                      loss=meta.get("loss"))
+                      loss=meta.get("loss"), run_id=meta.get("run_id", ""), skipped_steps=meta.get("skipped_steps", 0),
+                      complete=meta.get("complete", False))
 
 
 def load_weights(ckpt_dir: Path, model, *, use_ema: bool = True) -> dict:

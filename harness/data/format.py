@@ -111,6 +111,9 @@ def read_manifest(root: str | Path) -> Manifest:
         if not isinstance(s, dict):
             raise ValueError(f"{where} is not an object")
         _check_types(where, s, _SHARD_KEYS, required=True)
+        name = s["file"]
+        if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+            raise ValueError(f"{where}: file {name!r} must be a file name in the data set folder, not a path")
         shards.append(ShardInfo(file=s["file"], num_samples=s["num_samples"], sha256=s["sha256"]))
     if sum(s.num_samples for s in shards) != d["num_samples"]:
         raise ValueError(f"{path}: key 'num_samples' is {d['num_samples']} but the shards hold "

@@ -26,6 +26,7 @@ from harness.data.format import (
     file_sha256,
     read_manifest,
 )
+from harness.distributed.launch import bcast_object
 
 
 @dataclass
@@ -94,18 +95,25 @@ class ShardedReader:
     """Batches of one data-parallel rank from the global seeded stream; random access for evaluation."""
 
     def __init__(self, root: str | Path, *, resolution_px: int, global_batch: int, dp_rank: int = 0, dp: int = 1,
-                 seed: int = 0, consumed_samples: int = 0, verify_checksums: bool = True, comm=None):
+                 seed: int = 0, consumed_samples: int = 0, verify_checksums: bool = True, comm=None,
+                 timeout_s: float = 600.0, on_corrupt: str = "error", max_corrupt: int = 0):
         self.root = Path(root)
         rank_positions(consumed_samples, global_batch, dp_rank, dp)  # validates the layout
         if consumed_samples < 0:
             raise ValueError(f"consumed_samples must be >= 0, got {consumed_samples}")
-        self.manifest: Manifest = _load_manifest(self.root, comm)
+        self.manifest: Manifest = _load_manifest(self.root, comm, timeout_s)
         stored = self.manifest.resolution_px
         if resolution_px <= 0 or resolution_px > stored or stored % resolution_px != 0:
             raise ValueError(f"{self.root / MANIFEST_FILE}: resolution_px {resolution_px} must divide the stored "
                              f"resolution {stored}")
+        if on_corrupt not in ("error", "skip"):
+            raise ValueError(f"on_corrupt must be error or skip, got {on_corrupt!r}")
         self.resolution_px, self.global_batch, self.dp_rank, self.dp = resolution_px, global_batch, dp_rank, dp
         self.seed, self.verify_checksums = seed, verify_checksums
+        self.on_corrupt, self.max_corrupt = on_corrupt, max_corrupt
+        self.corrupt: list[str] = []       # "file sample i: why" (or a whole shard) of what was skipped
+        self.skipped: set[int] = set()     # data-set indices found corrupt (on_corrupt=skip)
+        self._bad_shards: dict[int, str] = {}
         self.consumed_samples = consumed_samples
         self._offsets = np.cumsum([0] + [s.num_samples for s in self.manifest.shards])
         self._files: dict[int, h5py.File] = {}
@@ -144,23 +152,21 @@ class ShardedReader:
         spec = self.manifest.text_embedding
         text_emb = np.empty((len(unique), spec["max_len"], spec["dim"]), np.float16) if spec else None
         text_len = np.empty(len(unique), np.int64) if spec else None
+        out = (images, captions, ids, text_emb, text_len)
         shard_of = np.searchsorted(self._offsets, unique, side="right") - 1
+        bad: list[int] = []                           # positions in `unique` that could not be read
         for shard in np.unique(shard_of):
-            where = np.nonzero(shard_of == shard)[0]  # positions in `unique`
+            where = np.nonzero(shard_of == shard)[0]
             local = unique[where] - self._offsets[shard]
-            f = self._open(int(shard))
-            path = self.root / self.manifest.shards[shard].file
             try:
-                _read_rows(f["images"], local, images, where)
-                caps = f[self.manifest.caption_field].asstr()[local]
-                names = f["ids"].asstr()[local]
-                if spec:
-                    _read_rows(f["text_emb"], local, text_emb, where)
-                    text_len[where] = f["text_len"][local]
-            except OSError as e:
-                raise OSError(f"{path}: cannot read sample {_first_bad(f, local)}: {_one_line(e)}") from None
-            for k, c, i in zip(where, caps, names):
-                captions[k], ids[k] = c, i
+                self._read_shard(int(shard), local, where, out)
+            except (OSError, ValueError) as e:
+                if self.on_corrupt == "error":
+                    raise
+                bad += self._salvage(int(shard), local, where, out, e)
+        bad += [int(k) for k in range(len(unique)) if int(unique[k]) in self.skipped and int(k) not in bad]
+        if bad:
+            self._substitute(bad, unique, out)
         images = area_downsample(images, self.resolution_px)
         # Reorder and go channels-first in one copy; per image, as that is 2x faster than a fancy-indexed transpose.
         chw = np.empty((len(indices), 3, self.resolution_px, self.resolution_px), dtype=np.uint8)
@@ -170,6 +176,75 @@ class ShardedReader:
                      captions=[captions[k] for k in inverse], ids=[ids[k] for k in inverse],
                      text_emb=torch.from_numpy(text_emb[inverse]) if spec else None,
                      text_len=torch.from_numpy(text_len[inverse]) if spec else None)
+
+    def _read_shard(self, shard: int, local: np.ndarray, where: np.ndarray, out: tuple) -> None:
+        """Rows `local` (sorted, unique) of one shard into positions `where` of the output arrays."""
+        images, captions, ids, text_emb, text_len = out
+        if shard in self._bad_shards:                  # on_corrupt=skip: known bad, not opened again
+            raise OSError(self._bad_shards[shard])
+        f = self._open(shard)
+        path = self.root / self.manifest.shards[shard].file
+        try:
+            _read_rows(f["images"], local, images, where)
+            caps = f[self.manifest.caption_field].asstr()[local]
+            names = f["ids"].asstr()[local]
+            if text_emb is not None:
+                _read_rows(f["text_emb"], local, text_emb, where)
+                text_len[where] = f["text_len"][local]
+        except OSError as e:
+            raise OSError(f"{path}: cannot read sample {_first_bad(f, local)}: {_one_line(e)}") from None
+        for k, c, i in zip(where, caps, names):
+            captions[k], ids[k] = c, i
+
+    def _salvage(self, shard: int, local: np.ndarray, where: np.ndarray, out: tuple, error: Exception) -> list[int]:
+        """on_corrupt=skip: the positions of a failing shard read that cannot be read, each logged
+        once and counted. A shard that cannot be opened (checksum, layout) counts whole."""
+        path = self.root / self.manifest.shards[shard].file
+        first = int(self._offsets[shard])
+        if shard not in self._files:                       # the shard itself is bad
+            if shard not in self._bad_shards:
+                self._bad_shards[shard] = _one_line(error)
+                self._skip(range(first, int(self._offsets[shard + 1])), f"{path} (all its samples)", error)
+            return [int(k) for k in where]
+        bad = []
+        for i, k in zip(local, where):
+            try:
+                self._read_shard(shard, np.array([i]), np.array([k]), out)
+            except (OSError, ValueError) as e:
+                bad.append(int(k))
+                self._skip([first + int(i)], f"{path} sample {i}", e)
+        return bad
+
+    def _skip(self, indices, what: str, error: Exception) -> None:
+        """Count newly found corrupt samples; log them once; stop past data.max_corrupt."""
+        new = set(indices) - self.skipped
+        if not new:
+            return
+        self.skipped |= new
+        self.corrupt.append(f"{what}: {_one_line(error)}")
+        print(f"data: skipped {what} ({len(self.skipped)} samples skipped so far): {_one_line(error)}", flush=True)
+        if len(self.skipped) > self.max_corrupt:
+            raise OSError(f"{self.root}: {len(self.skipped)} corrupt samples, more than data.max_corrupt "
+                          f"({self.max_corrupt}); the last: {self.corrupt[-1]}") from error
+
+    def _substitute(self, bad: list[int], unique: np.ndarray, out: tuple) -> None:
+        """Fill each unreadable position with the next readable sample of the data set (index + 1,
+        + 2, ...): the batch keeps its size and the run stays deterministic."""
+        n = len(self)
+        for k in bad:
+            j = int(unique[k])
+            for _ in range(n):
+                j = (j + 1) % n
+                shard = int(np.searchsorted(self._offsets, j, side="right") - 1)
+                if j in self.skipped:
+                    continue
+                try:
+                    self._read_shard(shard, np.array([j - self._offsets[shard]]), np.array([k]), out)
+                    break
+                except (OSError, ValueError) as e:
+                    self._salvage(shard, np.array([j - self._offsets[shard]]), np.array([k]), out, e)
+            else:
+                raise OSError(f"{self.root}: no sample can be read; the last: {self.corrupt[-1]}")
 
     def close(self) -> None:
         """Close the open shard files."""
@@ -217,8 +292,27 @@ class ShardedReader:
             f.close()
             raise ValueError(f"{path}: not a format-{FORMAT_VERSION} shard with datasets {', '.join(names)} of "
                              f"{info.num_samples} samples at {stored} px, as {MANIFEST_FILE} says")
+        if (why := _dtype_problem(f, self.manifest)) is not None:
+            f.close()
+            raise ValueError(f"{path}: {why}")
         self._files[shard] = f
         return f
+
+
+def _dtype_problem(f: h5py.File, manifest: Manifest) -> str | None:
+    """Why a shard's datasets do not have the format's types, or None."""
+    expected = {"images": np.dtype(np.uint8)}
+    if manifest.text_embedding:
+        expected["text_emb"] = np.dtype(np.float16)
+    for name, dtype in expected.items():
+        if f[name].dtype != dtype:
+            return f"dataset {name} is {f[name].dtype}, the format stores {dtype} (images: 0-255 RGB)"
+    if manifest.text_embedding and f["text_len"].dtype.kind not in "iu":
+        return f"dataset text_len is {f['text_len'].dtype}, the format stores integers"
+    for name in ("ids", manifest.caption_field):
+        if h5py.check_string_dtype(f[name].dtype) is None:
+            return f"dataset {name} is {f[name].dtype}, the format stores UTF-8 strings"
+    return None
 
 
 def _read_rows(ds: h5py.Dataset, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
@@ -241,7 +335,7 @@ def _first_bad(f: h5py.File, local: np.ndarray) -> str:
     return f"{local[0]}..{local[-1]}"
 
 
-def _load_manifest(root: Path, comm) -> Manifest:
+def _load_manifest(root: Path, comm, timeout_s: float) -> Manifest:
     """read_manifest on every process, or on rank 0 and broadcast (the error too) when `comm` is given."""
     if comm is None:
         return read_manifest(root)
@@ -253,7 +347,7 @@ def _load_manifest(root: Path, comm) -> Manifest:
             result = e
     else:
         result = None
-    result = comm.bcast(result, root=0)
+    result = bcast_object(comm, result, timeout_s=timeout_s)
     if isinstance(result, Exception):
         raise result
     return result

@@ -10,7 +10,7 @@ from harness.checkpoint.stage import bundled_tokenizer
 from harness.checkpoint.state import load_weights
 from harness.config import RunConfig, from_dict
 from harness.data.text import TextSource
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.model.uvit import UViT
 from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import build_stage

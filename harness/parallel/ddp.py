@@ -22,7 +22,8 @@ def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
     """Wrap the stage's model in Megatron DDP (contiguous fp32 grad buffers; frozen params excluded)."""
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-        use_distributed_optimizer=cfg.parallel.distributed_optimizer, check_for_nan_in_grad=True)
+        # Non-finite gradients skip the step (harness/train/step.py) rather than stop the run here.
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer, check_for_nan_in_grad=False)
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     ddp.broadcast_params()
     # The schedules call these: DP gradient all-reduce after the last micro-batch, no sync before.

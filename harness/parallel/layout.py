@@ -13,7 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-from harness.dist import cpu_compat
+from harness.distributed import cpu_compat
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def initialize_layout(tp: int, pp: int, seed: int = 0, timeout_s: float = 600.0)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                             distributed_timeout_minutes=max(1, round(timeout_s / 60)))
+                                             distributed_timeout_minutes=timeout_s / 60)
     model_parallel_cuda_manual_seed(seed)
     return Layout(
         tp=tp, pp=pp, dp=parallel_state.get_data_parallel_world_size(),

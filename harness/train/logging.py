@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -44,9 +45,11 @@ class StepLogger:
         remaining = (self.total_steps - step) * per_step
         if self.time_limit_s:
             remaining = min(remaining, max(self.time_limit_s - elapsed, 0.0))
-        line = {"step": step, "loss": sum(m["loss"] for m in self.window) / steps,
+        finite = [m["loss"] for m in self.window if math.isfinite(m["loss"])]    # skipped steps aside
+        line = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan"),
                 "grad_norm": self.window[-1]["grad_norm"], "lr": self.window[-1]["lr"],
-                "images_per_s": self.global_batch / per_step, "elapsed_s": round(elapsed, 2), **self.notes}
+                "images_per_s": self.global_batch / per_step, "elapsed_s": round(elapsed, 2),
+                "skipped_steps": self.window[-1].get("skipped_steps", 0), **self.notes}
         self.window, self.window_start, self.notes = [], now, {}
         if not self.enabled:
             return line["loss"]

@@ -1,24 +1,27 @@
-"""The training loop of one stage, as a short story of calls.
+"""The training loop of one stage: `build` puts a run together, `run` trains it, `train` does both.
 
     harness-train --config configs/demo/core.yaml train.steps=200
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from harness.checkpoint import io
+from harness.checkpoint.rundir import RunLock
 from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState
 from harness.config import RunConfig, validate_world
 from harness.data.reader import ShardedReader, rank_positions
 from harness.data.text import TextSource
-from harness.dist.launch import init_distributed, split_mpi_comm
+from harness.distributed.failures import mark_progress
+from harness.distributed.launch import init_distributed, split_mpi_comm
 from harness.eval.grid import save_grid
 from harness.eval.sampling import sample_captions
 from harness.growth.rules import frozen_for_stage
@@ -27,15 +30,14 @@ from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import pack_spec
 from harness.train.continuity import Continuity
 from harness.train.logging import StepLogger, plot_loss_curve
-from harness.train.rundir import unwritable_reason
 from harness.train.signals import StopSignals, requeue_slurm_job
+from harness.train.start import hold_run_dir, load_start, start_candidate
 from harness.train.step import MicroBatch, StepRunner
+from harness.train.stopping import Decision, Stop, agree, complete, decide
 
 
-def prepare_run_dir(run_dir: Path, rank: int) -> None:
-    """Create the run directory (rank 0) or fail at once with a one-line reason."""
-    if rank == 0 and (reason := unwritable_reason(run_dir)):
-        raise SystemExit(f"train.run_dir {run_dir}: not writable ({reason})")
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite steps in a row, a lost run-directory lock); names the step."""
 
 
 def microbatches(reader: ShardedReader, text: TextSource, cfg: RunConfig, layout: Layout, dev) -> list[MicroBatch]:
@@ -62,103 +64,195 @@ def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource,
         save_grid(path, [real, images], batch.captions, ["held-out", "sampled"])
 
 
-def _agree(*flags: bool) -> list[bool]:
-    """Each flag true on every rank if it is true on any (stop decisions must be collective)."""
-    t = torch.tensor([float(f) for f in flags], device=device())   # NCCL reduces device tensors only
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(x) for x in t.tolist()]
+@dataclass
+class Outcome:
+    """How a stage run ended."""
+
+    stop: Stop
+    complete: bool                 # the stage is done (a chain's next stage may start from it)
+    checkpoint: Path | None        # its last checkpoint
+    step: int
 
 
-def train(cfg: RunConfig) -> Path:
-    """Run (or resume) one stage; returns the path of its last checkpoint."""
+@dataclass
+class Run:
+    """Everything one stage run holds, put together by `build`."""
+
+    cfg: RunConfig
+    layout: Layout
+    run_dir: Path
+    lock: RunLock | None
+    signals: StopSignals
+    stage: TrainingStage
+    state: TrainState
+    reader: ShardedReader | None
+    runner: StepRunner
+    logger: StepLogger
+    continuity: Continuity | None
+    protect: tuple[Path, ...] = ()
+    checkpoint: Path | None = None
+    skipped_in_a_row: int = field(default=0)
+
+    def next_microbatches(self) -> list[MicroBatch] | None:
+        if self.reader is None:        # middle pipeline stages receive activations, not data
+            return None
+        return microbatches(self.reader, self.stage.text, self.cfg, self.layout, device())
+
+    @property
+    def num_micro(self) -> int:
+        p = self.cfg.parallel
+        return p.global_batch // (p.micro_batch * self.layout.dp)
+
+    def save(self, stop: Stop) -> Path:
+        self.state.complete = complete(stop, self.cfg.train)
+        self.checkpoint = self.stage.save(self.run_dir, self.state, self.protect)
+        return self.checkpoint
+
+    def samples(self, name: str) -> None:
+        s = self.stage
+        write_samples(self.run_dir / name, s.model, s.ema, self.cfg, s.text, self.layout, device())
+
+
+def build(cfg: RunConfig, signals: StopSignals) -> Run:
+    """Launch, lock the run directory, assemble the stage and load where it starts."""
     info = init_distributed(cfg.parallel.timeout_s)
     validate_world(cfg, info.world_size)
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.parallel.timeout_s)
     run_dir = Path(cfg.train.run_dir)
-    prepare_run_dir(run_dir, layout.rank)
-    dev = device()
+    lock = hold_run_dir(run_dir, layout)
+    try:
+        return _assemble(cfg, info, layout, run_dir, lock, signals)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
-    resume = io.latest_checkpoint(run_dir)
-    start = resume or (io.resolve(cfg.train.init_from) if cfg.train.init_from else None)
-    frozen = frozen_for_stage(cfg.train.stage, io.read_meta(start) if start else None)
-    stage = TrainingStage.build(cfg, layout, frozen=frozen, tokenizer=bundled_tokenizer(start))
-    model, ema, optimizer, scheduler, text = stage.model, stage.ema, stage.optimizer, stage.scheduler, stage.text
-    if resume is not None:
-        state = stage.restore(resume)
-    elif start is not None:
-        state = stage.load_weights(start)      # a new stage from another stage's weights: fresh optimizer
-    else:
-        state = TrainState()
+
+def _assemble(cfg, info, layout, run_dir, lock, signals) -> Run:
+    begin = start_candidate(run_dir, cfg.train.init_from)
+    frozen = frozen_for_stage(cfg.train.stage, io.read_meta(begin) if begin else None)
+    stage = TrainingStage.build(cfg, layout, frozen=frozen, tokenizer=bundled_tokenizer(begin))
+    start = load_start(stage, run_dir, cfg.train.init_from)
+    state = start.state
     if layout.rank == 0:
-        where = f"resumed from {resume}" if resume else f"initialised from {start}" if start else "from scratch"
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"stage {cfg.train.stage}: {sum(p.numel() for p in model.parameters()):,} parameters on rank 0, "
-              f"{trainable:,} trained ({len(frozen)} tensors frozen), layout tp={layout.tp} "
-              f"pp={layout.pp} dp={layout.dp}, {where}", flush=True)
-
+        where = (f"resumed from {start.checkpoint}" if start.resumed else
+                 f"initialised from {start.checkpoint}" if start.checkpoint else "from scratch")
+        trainable = sum(p.numel() for p in stage.model.parameters() if p.requires_grad)
+        print(f"stage {cfg.train.stage}: {sum(p.numel() for p in stage.model.parameters()):,} parameters on rank 0, "
+              f"{trainable:,} trained ({len(frozen)} tensors frozen), layout tp={layout.tp} pp={layout.pp} "
+              f"dp={layout.dp}, {where}", flush=True)
     # First and last pipeline stages read the batch (the last recomputes the v target from it);
     # under MPI, rank 0 of those reads the manifest and broadcasts it.
     needs_data = layout.is_first_stage or layout.is_last_stage
     data_comm = split_mpi_comm(info, needs_data)
-    reader = ShardedReader(cfg.data.path, resolution_px=cfg.model.resolution_px, global_batch=cfg.parallel.global_batch,
-                           dp_rank=layout.dp_rank, dp=layout.dp, seed=cfg.data.seed,
-                           consumed_samples=state.consumed_samples, verify_checksums=cfg.data.verify_checksums,
-                           comm=data_comm) if needs_data else None
-    runner = StepRunner(stage.ddp, optimizer, scheduler, cfg, layout, pack_spec(model, cfg))
-    num_micro = cfg.parallel.global_batch // (cfg.parallel.micro_batch * layout.dp)
-    next_microbatches = lambda: microbatches(reader, text, cfg, layout, dev) if reader is not None else None  # noqa: E731
+    d = cfg.data
+    reader = ShardedReader(d.path, resolution_px=cfg.model.resolution_px, global_batch=cfg.parallel.global_batch,
+                           dp_rank=layout.dp_rank, dp=layout.dp, seed=d.seed, consumed_samples=state.consumed_samples,
+                           verify_checksums=d.verify_checksums, comm=data_comm, timeout_s=cfg.parallel.timeout_s,
+                           on_corrupt=d.on_corrupt, max_corrupt=d.max_corrupt) if needs_data else None
+    runner = StepRunner(stage.ddp, stage.optimizer, stage.scheduler, cfg, layout, pack_spec(stage.model, cfg))
     logger = StepLogger(run_dir, total_steps=cfg.train.steps, global_batch=cfg.parallel.global_batch,
                         time_limit_s=cfg.train.time_limit_minutes * 60, enabled=layout.rank == 0)
-    continuity = Continuity(start, state.loss if resume else io.read_meta(start).get("loss"),
-                            rank=layout.rank) if start is not None else None
+    continuity = None
+    if start.checkpoint is not None:
+        source_loss = state.loss if start.resumed else io.read_meta(start.checkpoint).get("loss")
+        continuity = Continuity(start.checkpoint, source_loss, rank=layout.rank)
+    run = Run(cfg, layout, run_dir, lock, signals, stage, state, reader, runner, logger, continuity, start.protect,
+              start.checkpoint if start.resumed else None)
     if continuity and cfg.train.continuity_samples:
-        logger.note(continuity.score(lambda: runner.evaluate(next_microbatches(), num_micro),
+        logger.note(continuity.score(lambda: runner.evaluate(run.next_microbatches(), run.num_micro),
                                      cfg.train.continuity_samples, cfg.parallel.global_batch))
         if reader is not None:
             reader.consumed_samples = state.consumed_samples     # the scored batches are trained on next
-    save = lambda: stage.save(run_dir, state)  # noqa: E731
-    start = time.perf_counter()
-    t = cfg.train
-    signals = StopSignals()
+    return run
 
-    while state.step < t.steps:
-        metrics = runner.train_step(next_microbatches(), num_micro)
-        ema.update(model, state.step)
+
+def run(r: Run) -> Outcome:
+    """Train until a stop; every stop leaves a checkpoint of the step it stopped at."""
+    t, state = r.cfg.train, r.state
+    if state.step >= t.steps:
+        return _finish(r, Stop.FINISHED)
+    began = time.perf_counter()
+    mark_progress(state.step)
+    while True:
+        metrics = r.runner.train_step(r.next_microbatches(), r.num_micro)
+        _count_skips(r, metrics["skipped"])
+        if not metrics["skipped"]:
+            r.stage.ema.update(r.stage.model, state.step)
         state.step += 1
-        state.consumed_samples += cfg.parallel.global_batch
-        logged = logger.record(state.step, metrics, t.log_every_steps)
-        if logged is not None:
+        state.consumed_samples += r.cfg.parallel.global_batch
+        mark_progress(state.step)
+        logged = r.logger.record(state.step, {**metrics, "skipped_steps": state.skipped_steps}, t.log_every_steps)
+        if logged is not None and math.isfinite(logged):
             state.loss = logged
-            if continuity:
-                continuity.first_logged(logged, state.step)
-        if t.sample_every_steps and state.step % t.sample_every_steps == 0 and state.step < t.steps:
-            write_samples(run_dir / f"samples_step{state.step:07d}.png", model, ema, cfg, text, layout, dev)
-        out_of_time, usr1, term = _agree(
-            bool(t.time_limit_minutes) and time.perf_counter() - start > t.time_limit_minutes * 60,
-            signals.received == "SIGUSR1", signals.received == "SIGTERM")
-        if state.step % t.ckpt_every_steps == 0 or out_of_time or usr1 or term:
-            last = save()
-        if usr1 or term:
-            signals.restore()
-            if layout.rank == 0:
-                requeue = usr1 and t.requeue
-                # Printed before the requeue: `scontrol requeue` ends this job step at once.
-                print(f"{'SIGTERM' if term else 'SIGUSR1'} at step {state.step}: checkpoint {last} written, "
-                      f"{'requeueing' if requeue else 'not requeued'}", flush=True)
-                if requeue:
-                    print(requeue_slurm_job(), flush=True)
-            return last
-        if out_of_time:
-            if layout.rank == 0:
-                print(f"time limit of {t.time_limit_minutes} min reached at step {state.step}", flush=True)
-            break
+            if r.continuity:
+                r.continuity.first_logged(logged, state.step)
+        if r.lock is not None and r.lock.lost:
+            raise TrainingError(f"step {state.step}: the run directory's lock was lost ({r.lock.lost}); stopping "
+                                "without a checkpoint so that two jobs do not write one run")
+        decision = decide(state.step, t, *agree(bool(t.time_limit_minutes) and
+                                                time.perf_counter() - began > t.time_limit_minutes * 60,
+                                                r.signals.received))
+        if decision.checkpoint:
+            r.save(decision.stop)
+            if decision.stop is Stop.NONE:         # a signal during the save: the checkpoint is current
+                _, signal = agree(False, r.signals.received)
+                decision = Decision(Stop(signal), False) if signal else decision
+        if decision.stop is not Stop.NONE:
+            return _finish(r, decision.stop)
+        if t.sample_every_steps and state.step % t.sample_every_steps == 0:
+            r.samples(f"samples_step{state.step:07d}.png")
 
-    signals.restore()
-    last = save()
-    write_samples(run_dir / "samples.png", model, ema, cfg, text, layout, dev)
-    if layout.rank == 0:
-        plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png", f"{t.stage} ({cfg.model.size}, {cfg.model.resolution_px}px)")
-        print(f"done: {last}", flush=True)
-    return last
+
+def _count_skips(r: Run, skipped: bool) -> None:
+    """Count a skipped step; too many in a row end the run (naming the step) before anything is saved."""
+    state = r.state
+    r.skipped_in_a_row = r.skipped_in_a_row + 1 if skipped else 0
+    if skipped:
+        state.skipped_steps += 1
+        if r.layout.rank == 0:
+            print(f"warning: step {state.step + 1}: non-finite loss or gradients, update skipped "
+                  f"({r.skipped_in_a_row} in a row, {state.skipped_steps} in all)", flush=True)
+    if r.skipped_in_a_row >= r.cfg.optim.max_skipped_steps:
+        raise TrainingError(f"step {state.step + 1}: {r.skipped_in_a_row} steps in a row had a non-finite loss or "
+                            f"gradients (optim.max_skipped_steps); the last good checkpoint is {r.checkpoint}")
+
+
+def _finish(r: Run, stop: Stop) -> Outcome:
+    """Report the stop; a finished stage (or one out of time) also writes samples and the loss plot."""
+    t, rank0 = r.cfg.train, r.layout.rank == 0
+    done = complete(stop, t)
+    if stop in (Stop.SIGUSR1, Stop.SIGTERM):
+        if rank0:
+            requeue = stop is Stop.SIGUSR1 and t.requeue
+            # Printed before the requeue: `scontrol requeue` ends this job step at once.
+            print(f"{stop.value} at step {r.state.step}: checkpoint {r.checkpoint} written, "
+                  f"{'requeueing' if requeue else 'not requeued'}", flush=True)
+            if requeue:
+                print(requeue_slurm_job(), flush=True)
+        return Outcome(stop, done, r.checkpoint, r.state.step)
+    if stop is Stop.TIME_LIMIT and rank0:
+        print(f"time limit of {t.time_limit_minutes} min reached at step {r.state.step}"
+              + ("" if done else " (stopped, not finished: train.time_limit_completes is false)"), flush=True)
+    r.samples("samples.png")
+    if rank0:
+        plot_loss_curve(r.run_dir / "log.jsonl", r.run_dir / "loss.png",
+                        f"{t.stage} ({r.cfg.model.size}, {r.cfg.model.resolution_px}px)")
+        print(f"{'done' if done else 'stopped'}: {r.checkpoint}", flush=True)
+    return Outcome(stop, done, r.checkpoint, r.state.step)
+
+
+def train(cfg: RunConfig) -> Outcome:
+    """Run (or resume) one stage. Stop signals are handled from before the first step until every
+    save is over, and the run directory stays locked until the end."""
+    signals = StopSignals()
+    try:
+        r = build(cfg, signals)
+        try:
+            return run(r)
+        finally:
+            if r.lock is not None:
+                r.lock.release()
+    finally:
+        signals.restore()

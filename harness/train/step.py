@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -97,9 +98,24 @@ class StepRunner:
         return {"grad_norm": float(grad_norm or 0.0), "lr": lr}
 
     def train_step(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> dict:
-        """One optimizer step; returns loss, grad norm and lr."""
+        """One optimizer step; returns loss, grad norm, lr and `skipped`: a non-finite loss or
+        gradient on any rank skips the update and the schedule (Megatron-LM skips an overflowed
+        step the same way), so a bad batch never reaches the weights."""
         loss = self.accumulate(microbatches, num_microbatches)
-        return {"loss": loss, **self.update()}
+        if not self._finite(loss):
+            return {"loss": loss, "grad_norm": float("nan"), "lr": self.optimizer.param_groups[0]["lr"],
+                    "skipped": True}
+        return {"loss": loss, **self.update(), "skipped": False}
+
+    def _finite(self, loss: float) -> bool:
+        """Whether the global loss and every rank's reduced gradients are finite (collective)."""
+        bad = not math.isfinite(loss) or any(not torch.isfinite(buffer.grad_data).all()
+                                             for buffer in self.ddp.buffers + self.ddp.expert_parallel_buffers)
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return not bad
+        flag = torch.tensor([float(bad)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not flag.item()
 
     def _global_mean_loss(self, losses: list[dict]) -> float:
         """Mean loss over the global batch, on every rank (only last-stage ranks computed it)."""

@@ -21,7 +21,7 @@ from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
 from harness.checkpoint.stage import TrainingStage
 from harness.config import load
 from harness.data.reader import ShardedReader
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.parallel.layout import device, initialize_layout
 from harness.parallel.pipeline import pack_spec
 from harness.train.loop import microbatches

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from harness.checkpoint import io
 from harness.checkpoint.reshard import load_stage, verify
 from harness.config import load
-from harness.dist.launch import init_distributed
+from harness.distributed.launch import init_distributed
 from harness.growth.grow import grow
 from harness.parallel.layout import initialize_layout
 from harness.train.loop import train

@@ -2,6 +2,7 @@
 size with the same global sample sequence, and a rank that dies stops the job, named, in bounded time."""
 
 import json
+import os
 import subprocess
 import time
 
@@ -103,11 +104,40 @@ def test_a_dead_rank_stops_the_job_and_is_named(uninterrupted, tmp_path):
     assert "rank      : 1" in output or "rank: 1" in output, output[-3000:]
 
 
+def test_a_hung_rank_under_mpiexec_ends_the_job_and_is_named(uninterrupted, tmp_path):
+    """SIGSTOP rank 1 under mpiexec: rank 0's collective times out (parallel.timeout_s), names rank 1
+    from the progress in the rendezvous store, and aborts the MPI world; nothing waits in MPI_Finalize."""
+    if not (BIN / "mpiexec").exists():
+        pytest.skip("mpiexec is not in the virtualenv (pip install mpich)")
+    overrides, _ = uninterrupted
+    run = tmp_path / "hung"
+    cmd = [str(BIN / "mpiexec"), "-n", "2", str(BIN / "python"), "-m", "harness.train",
+           *_args(overrides, run, 10_000), "train.ckpt_every_steps=10000", "parallel.timeout_s=20"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 180
+        while not ((run / "log.jsonl").exists() and (run / "log.jsonl").read_text().count("\n") >= 2):
+            assert time.time() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.5)
+        victim = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                      if p.environ().get("PMI_RANK") == "1" and "harness.train" in " ".join(p.cmdline()))
+        victim.suspend()
+        stopped_at = time.time()
+        output, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert time.time() - stopped_at < 120, "the job did not end in bounded time"
+    assert "rank 0: error: a collective timed out" in output and "rank 1 (last finished step" in output, output[-3000:]
+
+
 def test_srun_with_the_wrong_mpi_plugin_is_named():
     """srun with a --mpi= plugin that does not match the MPI library: every task is an MPI world of
     one while SLURM_NTASKS says more; stop with one line instead of training N copies alone."""
     env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_STEP_ID": "0", "PATH": str(BIN)}
-    code = "from harness.dist.launch import init_distributed; init_distributed()"
+    code = "from harness.distributed.launch import init_distributed; init_distributed()"
     out = subprocess.run([str(BIN / "python"), "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0

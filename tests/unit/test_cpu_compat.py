@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from harness.dist import cpu_compat
+from harness.distributed import cpu_compat
 
 
 def test_megatron_sees_the_cpu_as_its_device(world):

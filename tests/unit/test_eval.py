@@ -119,7 +119,7 @@ def tiny_checkpoint(world, tiny_data, tmp_path_factory):
                  f"train.run_dir={run}", "model.size=tiny", "parallel.global_batch=8", "parallel.micro_batch=4",
                  "train.sample_every_steps=0", "train.num_samples=2", "diffusion.sample_steps=2",
                  "optim.warmup_steps=2", "train.matmul_precision=highest", "train.steps=2"]
-    return train(load(None, overrides))
+    return train(load(None, overrides)).checkpoint
 
 
 def test_eval_loss_is_deterministic(tiny_checkpoint, tiny_data):

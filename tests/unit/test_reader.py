@@ -194,3 +194,51 @@ def test_corrupt_chunk_names_the_sample(tmp_path):
         with pytest.raises(OSError, match=rf"^{path}: cannot read sample 3: .*filter") as e:
             reader.read([7, 1, 3])
     assert "\n" not in str(e.value)
+    with ShardedReader(tmp_path, resolution_px=8, global_batch=1, verify_checksums=False, on_corrupt="skip",
+                       max_corrupt=1) as reader:
+        assert reader.read([7, 1, 3]).ids == ["s7", "s1", "s4"]      # sample 3 alone is skipped
+        assert reader.skipped == {3} and reader.corrupt[0].startswith(f"{path} sample 3: ")
+
+
+def test_images_of_another_dtype_are_refused_at_open(copy_of):
+    """A shard storing float images in [0, 1] (would be cast to black 0/1 uint8 images) is refused."""
+    import json
+
+    from harness.data.format import file_sha256
+    path = copy_of / "shard-00000.h5"
+    with h5py.File(path, "r+") as f:
+        images = f["images"][:].astype(np.float32) / 255
+        del f["images"]
+        f.create_dataset("images", data=images, chunks=(1, 8, 8, 3))
+    manifest = json.loads((copy_of / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = file_sha256(path)
+    (copy_of / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"^{path}: dataset images is float32, the format stores uint8"):
+        _read_all(copy_of)
+
+
+def test_on_corrupt_skip_counts_names_and_substitutes(copy_of, capsys):
+    path = copy_of / "shard-00001.h5"                  # samples 10..19
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(data)
+    with ShardedReader(copy_of, resolution_px=8, global_batch=1, on_corrupt="skip", max_corrupt=20) as reader:
+        batch = reader.read([9, 12, 25, 15])
+        # stand-ins: the next readable samples of the data set
+        assert batch.ids == ["s009", "s020", "s025", "s020"]
+        assert reader.corrupt == [f"{path} (all its samples): {path}: sha256 mismatch " + reader.corrupt[0].split(
+            "sha256 mismatch ")[1]] and reader.skipped == set(range(10, 20))
+        assert reader.read([11]).ids == ["s020"]                   # known bad: not hashed again
+    assert capsys.readouterr().out.count(f"data: skipped {path} (all its samples) (10 samples skipped so far): ") == 1
+    with ShardedReader(copy_of, resolution_px=8, global_batch=1, on_corrupt="skip", max_corrupt=9) as reader:
+        with pytest.raises(OSError, match=r"10 corrupt samples, more than data.max_corrupt \(9\)"):
+            reader.read([15])
+
+
+def test_manifest_file_entries_stay_in_the_folder(copy_of):
+    import json
+    manifest = json.loads((copy_of / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = "../elsewhere.h5"
+    (copy_of / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"shards\[0\]: file '../elsewhere.h5' must be a file name"):
+        _read_all(copy_of)

@@ -61,8 +61,10 @@ def detect(env: dict | None = None) -> str:
     return "single"
 
 
-def _mpi_rendezvous(launcher: str) -> LaunchInfo:
-    from mpi4py import MPI   # only where an MPI launcher started us: mpi4py initialises MPI on import
+def _mpi_rendezvous(launcher: str, timeout_s: float) -> LaunchInfo:
+    from mpi4py import (
+        MPI,  # only where an MPI launcher started us: mpi4py initialises MPI on import
+    )
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -75,18 +77,44 @@ def _mpi_rendezvous(launcher: str) -> LaunchInfo:
         local_rank = int(os.environ.get("SLURM_LOCALID", 0))
     else:
         local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-    host, port = comm.bcast((_reachable_address(), _free_port()) if rank == 0 else None, root=0)
+    host, port = bcast_object(comm, (_reachable_address(), _free_port()) if rank == 0 else None, timeout_s=timeout_s)
     return LaunchInfo(launcher, rank, size, local_rank, f"tcp://{host}:{port}")
 
 
-def launch_info() -> LaunchInfo:
+def bcast_object(comm, obj, root: int = 0, timeout_s: float = 600.0):
+    """comm.bcast(obj, root) that gives up after `timeout_s` with an error naming the root: the
+    pickled object travels in two non-blocking broadcasts (its length, then its bytes), polled."""
+    import pickle
+
+    import numpy as np
+
+    payload = pickle.dumps(obj) if comm.Get_rank() == root else b""
+    length = np.array([len(payload)], dtype=np.int64)
+    _wait(comm.Ibcast(length, root=root), comm, root, timeout_s)
+    buffer = np.frombuffer(payload, dtype=np.uint8).copy() if comm.Get_rank() == root else \
+        np.empty(int(length[0]), dtype=np.uint8)
+    _wait(comm.Ibcast(buffer, root=root), comm, root, timeout_s)
+    return obj if comm.Get_rank() == root else pickle.loads(buffer.tobytes())  # noqa: S301 - our own ranks' bytes
+
+
+def _wait(request, comm, root: int, timeout_s: float) -> None:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise LaunchError(f"rank {comm.Get_rank()}: an MPI broadcast from rank {root} did not complete in "
+                              f"{timeout_s:.0f} s (parallel.timeout_s): rank {root} or another rank is hung or dead")
+        time.sleep(0.001)
+
+
+def launch_info(timeout_s: float = 600.0) -> LaunchInfo:
     """Rank, world size, local rank and rendezvous of this process, from its launcher."""
     launcher = detect()
     if launcher == "torchrun":
         return LaunchInfo(launcher, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                           int(os.environ.get("LOCAL_RANK", 0)), "env://")
     if launcher in ("srun", "mpiexec"):
-        return _mpi_rendezvous(launcher)
+        return _mpi_rendezvous(launcher, timeout_s)
     return LaunchInfo("single", 0, 1, 0, f"tcp://127.0.0.1:{_free_port()}")
 
 
@@ -102,7 +130,7 @@ def split_mpi_comm(info: LaunchInfo, member: bool):
 
 def init_distributed(timeout_s: float = 600.0) -> LaunchInfo:
     """Initialise torch.distributed for this launcher (NCCL on GPUs, gloo on CPUs)."""
-    info = launch_info()
+    info = launch_info(timeout_s)
     if dist.is_initialized():
         return info
     if torch.cuda.is_available():

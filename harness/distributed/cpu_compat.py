@@ -1,7 +1,7 @@
 """Megatron-core 0.16 on machines without CUDA (tests, CI, laptops). Never applied on a GPU run.
 
-Megatron-core hard-codes CUDA in code paths the harness uses. Measured on 0.16.1 (see
-shared/notes/megatron-on-cpu.md), each fails with "Torch not compiled with CUDA enabled" on CPU:
+Megatron-core hard-codes CUDA in code paths the harness uses. Measured on 0.16.1 with torch 2.13
+CPU (docs/megatron-on-cpu.md), each fails with "Torch not compiled with CUDA enabled" on CPU:
 
 - buffers allocated on ``torch.cuda.current_device()``: tensor_parallel/mappings.py and layers.py
   (gathers, reduce-scatters), utils.py ``GlobalMemoryBuffer``, pipeline_parallel/p2p_communication.py
