@@ -2,6 +2,7 @@
 
     python tools/bench_step.py [--steps 6] [--json bench_step.json]
     python tools/bench_step.py --cases peer --rounds 3       # harness vs diffusers UNet, alternated
+    python tools/bench_step.py --cases gpu                    # on a GPU (tools/gpu_check.sh runs it)
 
 In one process it measures (1) this machine's dense matrix-multiply rate per precision, (2) the full
 training step of the `small` Shallow-UViT at 64 px (batch 32: forward, backward, Megatron DDP and
@@ -9,6 +10,10 @@ optimizer) and (3) the core alone at hidden 1024 on 256 tokens (forward + backwa
 (matmul precision "medium") and bf16 (Megatron bf16 weights, fp32 main weights). FLOPs are counted
 by torch's FlopCounterMode (attention included); a rate is stated against the matmul rate of the
 same precision, measured in the same run.
+
+GPU cases (`--cases gpu`, bf16 only): the matmul rate at 8192^3, the `small` step at batch 256 and the
+core alone at the 2b and 8b widths (hidden 2048 and 4096, a few layers each, 256 tokens), with the
+environment (torch, CUDA, NCCL, GPU name).
 
 Peer comparison (`--cases peer` runs only it and the harness's bf16 step): the same kind of step
 for diffusers' UNet2DConditionModel in a pixel-space configuration sized like `small` (PEER_UNET:
@@ -120,16 +125,37 @@ def bench_peer(steps: int, batch: int = 32, res: int = 64) -> dict | None:
             "images_per_s": batch / seconds, "tflop_per_step": flops / 1e12, "tflops": flops / seconds / 1e12}
 
 
+GPU_CORES = ({"hidden": 2048, "layers": 4, "batch": 64}, {"hidden": 4096, "layers": 2, "batch": 32})
+
+
+def environment() -> dict:
+    """What the numbers were measured with."""
+    env = {"torch": torch.__version__, "device": str(device())}
+    if torch.cuda.is_available():
+        env.update(cuda=torch.version.cuda, nccl=".".join(map(str, torch.cuda.nccl.version())),
+                   gpu=torch.cuda.get_device_name(), gpus=torch.cuda.device_count())
+    return env
+
+
+def gpu_rows(steps: int) -> list[dict]:
+    """The `gpu` cases: bf16 `small` step at batch 256 and the core at the 2b and 8b widths."""
+    rows = [bench_train_step("bf16", steps, batch=256)]
+    rows += [bench_core("bf16", steps, **shape) for shape in GPU_CORES]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per case")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--cases", choices=("all", "peer"), default="all",
-                        help="peer: only the harness bf16 step and the diffusers peer")
+    parser.add_argument("--cases", choices=("all", "peer", "gpu"), default="all",
+                        help="peer: only the harness bf16 step and the diffusers peer; gpu: the GPU cases")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the harness bf16 step and the peer this often")
     args = parser.parse_args(argv)
     init_distributed()
     torch.set_float32_matmul_precision("medium")
+    if args.cases == "gpu":
+        return _gpu_main(args)
     peak = {name: matmul_tflops(dtype, device=device()) for name, dtype in PRECISIONS.items()}
     rows = []
     for precision in PRECISIONS if args.cases == "all" else ["bf16"]:
@@ -148,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(peer)
     print(f"device: {device()}  torch {torch.__version__}  threads {torch.get_num_threads()}")
     print("matmul rate (2048^3): " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peak.items()))
-    for r in rows:
-        r["fraction_of_matmul"] = r["tflops"] / peak[r["precision"]]
-        rate = f"{r['images_per_s']:.1f} img/s" if "images_per_s" in r else f"{r['tokens_per_s']:.0f} tok/s"
-        print(f"{r['what']:<58} {r['precision']}: {rate:>12}  {r['tflops']:.3f} TFLOP/s "
-              f"= {100 * r['fraction_of_matmul']:.0f}% of the {r['precision']} matmul rate")
+    _report(rows, peak)
     if peer is not None:
         print(f"harness / diffusers (bf16, batch 32, 64 px): "
               f"params {ours['params'] / 1e6:.2f} M / {peer['params'] / 1e6:.2f} M, "
@@ -163,6 +185,30 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"matmul_tflops": peak, "results": rows, "peer_images_per_s_ratio": None if peer is None else
                        ours["images_per_s"] / peer["images_per_s"]}, f, indent=2)
+    return 0
+
+
+def _report(rows: list[dict], peak: dict) -> None:
+    for r in rows:
+        r["fraction_of_matmul"] = r["tflops"] / peak[r["precision"]]
+        rate = f"{r['images_per_s']:.1f} img/s" if "images_per_s" in r else f"{r['tokens_per_s']:.0f} tok/s"
+        print(f"{r['what']:<58} {r['precision']}: {rate:>12}  {r['tflops']:.3f} TFLOP/s "
+              f"= {100 * r['fraction_of_matmul']:.0f}% of the {r['precision']} matmul rate")
+
+
+def _gpu_main(args) -> int:
+    if not torch.cuda.is_available():
+        print("gpu cases skipped: no CUDA device visible")
+        return 0
+    env = environment()
+    peak = {"bf16": matmul_tflops(torch.bfloat16, n=8192, device=device())}
+    rows = gpu_rows(args.steps)
+    print("  ".join(f"{k} {v}" for k, v in env.items()))
+    print(f"bf16 matmul rate (8192^3): {peak['bf16']:.1f} TFLOP/s")
+    _report(rows, peak)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "matmul_tflops": peak, "results": rows}, f, indent=2)
     return 0
 
 

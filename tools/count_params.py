@@ -14,8 +14,8 @@ import argparse
 import torch
 
 from harness.config import ModelConfig
+from harness.config.sizes import MODEL_SIZES
 from harness.distributed.launch import init_distributed
-from harness.model.sizes import MODEL_SIZES
 from harness.model.uvit import build_model
 from harness.parallel.layout import initialize_layout
 from harness.parallel.plan import GROUPS, breakdown

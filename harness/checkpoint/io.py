@@ -28,6 +28,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from torch.distributed.checkpoint import FileSystemReader
 
 from harness.checkpoint import safe_pickle
@@ -105,17 +106,27 @@ def read_meta(ckpt_dir: str | Path) -> dict:
 
 
 def versions() -> dict:
-    """Versions recorded in every checkpoint."""
-    from importlib.metadata import version
-    return {"torch": torch.__version__, "megatron_core": version("megatron-core"),
-            "harness": version("greedy-growing-harness")}
+    """Versions recorded in every checkpoint ("source tree" for a harness run from a checkout that
+    was not pip-installed, e.g. with PYTHONPATH)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        harness = version("greedy-growing-harness")
+    except PackageNotFoundError:
+        harness = "source tree"
+    return {"torch": torch.__version__, "megatron_core": version("megatron-core"), "harness": harness}
 
 
 def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, keep: int = 2,
-         files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = ()) -> Path:
+         files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
+         background: AsyncCallsQueue | None = None) -> Path:
     """Collectively write `sharded_state_dict` + meta.json (+ `files`, written under their names)
     as run_dir/step_NNNNNNN, point `latest` at it and prune; return its path. `meta` holds the
-    run_id that pruning goes by; `protect` lists checkpoints pruning must keep."""
+    run_id that pruning goes by; `protect` lists checkpoints pruning must keep.
+
+    With `background` (Megatron's AsyncCallsQueue) the shards are written by a background process
+    and this returns at once: meta.json, the rename, `latest` and pruning happen in the request's
+    finalisation, which Megatron runs on every rank only after every rank's writer has finished
+    (`background.maybe_finalize_async_calls`); until then `latest` stays on the previous checkpoint."""
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
     tmp = run_dir / f".tmp-{final.name}"
@@ -127,18 +138,27 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
         shutil.rmtree(tmp, ignore_errors=True)         # leftover of an interrupted save
         tmp.mkdir()
     _barrier()
-    dist_checkpointing.save(sharded_state_dict, str(tmp))
-    _barrier()
-    if _rank() == 0:
-        meta = {"format_version": FORMAT_VERSION, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "versions": versions(), **meta}
-        for name, content in (files or {}).items():
-            (tmp / name).write_bytes(content)
-        write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
-        _replace_dir(tmp, final)
-        write_text_atomic(run_dir / LATEST, final.name + "\n")
-        _prune(run_dir, final, meta.get("run_id"), keep, protect)
-    _barrier()
+    meta = {"format_version": FORMAT_VERSION, "step": step, "versions": versions(), **meta}
+
+    def complete() -> None:
+        if _rank() == 0:
+            for name, content in (files or {}).items():
+                (tmp / name).write_bytes(content)
+            stamped = {**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            write_text_atomic(tmp / "meta.json", json.dumps(stamped, indent=2, sort_keys=True))
+            _replace_dir(tmp, final)
+            write_text_atomic(run_dir / LATEST, final.name + "\n")
+            _prune(run_dir, final, meta.get("run_id"), keep, protect)
+        _barrier()
+
+    if background is None:
+        dist_checkpointing.save(sharded_state_dict, str(tmp))
+        _barrier()
+        complete()
+    else:
+        request = dist_checkpointing.save(sharded_state_dict, str(tmp), async_sharded_save=True)
+        request.add_finalize_fn(complete)
+        background.schedule_async_request(request)
     return final
 
 

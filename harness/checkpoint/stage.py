@@ -105,8 +105,9 @@ class TrainingStage:
         """Refresh the optimizer's fp32 main copies from the model's (possibly bf16) weights."""
         self.optimizer.reload_model_params()
 
-    def save(self, run_dir: Path, state: TrainState, protect: tuple[Path, ...] = ()) -> Path:
+    def save(self, run_dir: Path, state: TrainState, protect: tuple[Path, ...] = (), background=None) -> Path:
         """Collectively write this stage's complete training state as a checkpoint of `run_dir`
-        (`protect`: checkpoints that pruning must keep)."""
+        (`protect`: checkpoints that pruning must keep; `background`: an AsyncCallsQueue)."""
         return checkpointing.save(run_dir, self.cfg, self.layout, state, self.model, self.ema, self.optimizer,
-                                  self.scheduler, self.frozen, self.text.files() if self.text else {}, protect)
+                                  self.scheduler, self.frozen, self.text.files() if self.text else {}, protect,
+                                  background)

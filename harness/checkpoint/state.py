@@ -51,9 +51,11 @@ def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
 
 
 def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema, optimizer,
-         scheduler, frozen: list[str], files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = ()) -> Path:
-    """Collectively write a complete training checkpoint of this step; non-finite weights or EMA are
-    never written (CheckpointError naming the step and tensor)."""
+         scheduler, frozen: list[str], files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
+         background=None) -> Path:
+    """Collectively write a complete training checkpoint of this step (in the background with an
+    AsyncCallsQueue); non-finite weights or EMA are never written (CheckpointError naming the step
+    and tensor)."""
     _check_finite(state.step, model, ema)
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
@@ -63,7 +65,7 @@ def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState,
         "complete": state.complete,
     }
     return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints,
-                   files=files, protect=protect)
+                   files=files, protect=protect, background=background)
 
 
 def _check_finite(step: int, model, ema) -> None:

@@ -8,12 +8,24 @@ parallelism splits the attention heads and the MLP inside Megatron; nothing here
 Layers live in a ModuleDict keyed by their global index, so parameter names (and checkpoint keys)
 are the same whichever pipeline stage holds a layer. Sequence-first shapes, as Megatron uses:
 hidden (N, B, H), context (L, B, H).
+
+Two execution modes Megatron users expect, both as in Megatron's TransformerBlock:
+- recomputation (`recompute`, set by harness.parallel.recompute): each layer is run through
+  `tensor_parallel.checkpoint`, which keeps only its inputs and re-runs it in backward with the CPU,
+  CUDA and TP random-number states restored;
+- sequence parallelism (`config.sequence_parallel`): between the tensor-parallel linears the tokens
+  and the caption are split over the TP ranks along the sequence (the column linears all-gather
+  their input, the row linears reduce-scatter their output); the parameters and inputs used on a
+  sequence slice - the cross-attention norm, the row-parallel biases, the adaLN table and the
+  modulation - get their gradients summed over TP (Megatron's `sequence_parallel` parameter flag,
+  reduced in finalize_model_grads; a copy-to-TP region for the modulation).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import (
     CrossAttention,
@@ -74,6 +86,8 @@ class CoreLayer(MegatronModule):
         self.mlp = MLP(config, MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
                        ffn_hidden_size=config.ffn_hidden_size)
         self.ada_table = nn.Parameter(torch.randn(6, h) / h ** 0.5)
+        for p in (self.ada_table, *self.norm_cross.parameters()):
+            p.sequence_parallel = config.sequence_parallel        # used on a sequence slice: sum over TP
 
     def forward(self, x, mod, context, context_mask):
         """x (N, B, H), mod (B, 6, H), context (L, B, H), context_mask (B, 1, 1, L) True = masked."""
@@ -88,7 +102,7 @@ class CoreLayer(MegatronModule):
 
 def core_transformer_config(*, hidden: int, layers: int, heads: int, tp: int = 1, pp: int = 1,
                             dropout: float = 0.0, dtype: torch.dtype = torch.float32,
-                            initialize: bool = True) -> TransformerConfig:
+                            initialize: bool = True, sequence_parallel: bool = False) -> TransformerConfig:
     """The Megatron TransformerConfig of a core; weights initialise on the CPU, full then sliced,
     so a TP=N core starts as exact slices of the TP=1 core."""
     return TransformerConfig(
@@ -97,7 +111,7 @@ def core_transformer_config(*, hidden: int, layers: int, heads: int, tp: int = 1
         add_bias_linear=True, gated_linear_unit=False, activation_func=F.gelu,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, pipeline_dtype=dtype,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, use_cpu_initialization=True,
-        perform_initialization=initialize, init_method_std=0.02)
+        perform_initialization=initialize, init_method_std=0.02, sequence_parallel=sequence_parallel and tp > 1)
 
 
 class Core(MegatronModule):
@@ -113,6 +127,7 @@ class Core(MegatronModule):
         super().__init__(config=config)
         h = config.hidden_size
         self.grid, self.channels = grid, channels
+        self.recompute = False
         self.register_buffer("pos_emb", sincos_2d(grid, h), persistent=False)   # (N, H)
         self.layers = nn.ModuleDict({str(i): seeded(seed, f"core.layers.{i}", lambda i=i: CoreLayer(config, i + 1))
                                      for i in layer_ids})
@@ -130,11 +145,24 @@ class Core(MegatronModule):
         return tokens.transpose(0, 1).contiguous(), mod
 
     def run_layers(self, hidden, mod, context, context_valid):
-        """Apply this stage's layers; context (B, L, H), context_valid (B, L) bool."""
-        context_sbh = context.transpose(0, 1).contiguous()
+        """Apply this stage's layers; hidden (N, B, H) whole on every TP rank, context (B, L, H),
+        context_valid (B, L) bool; returns hidden (N, B, H) whole."""
+        context_sbh = context.transpose(0, 1).contiguous()                 # (L, B, H)
         mask = ~context_valid[:, None, None, :]
+        sp = self.config.sequence_parallel
+        if sp:
+            hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)         # (N/tp, B, H)
+            context_sbh = tensor_parallel.scatter_to_sequence_parallel_region(context_sbh)  # (L/tp, B, H)
+            mod = tensor_parallel.copy_to_tensor_model_parallel_region(mod)
         for layer in self.layers.values():
-            hidden = layer(hidden, mod, context_sbh, mask)
+            if self.recompute:
+                hidden = tensor_parallel.checkpoint(layer, False, hidden, mod, context_sbh, mask)
+            else:
+                hidden = layer(hidden, mod, context_sbh, mask)
+        if sp:
+            # The gradient of the gathered tokens is the same on every TP rank (what follows is
+            # replicated), so backward takes this rank's slice rather than summing.
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
         return hidden
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

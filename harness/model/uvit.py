@@ -18,16 +18,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from torch import nn
 
 from harness.config import ModelConfig
+from harness.config.sizes import MODEL_SIZES, default_level_channels
 from harness.model.blocks import Downsample, ResBlock, Upsample, group_norm, zero_
 from harness.model.conditioning import Conditioning, TextEncoder, TextInput
 from harness.model.core import Core, core_transformer_config
 from harness.model.init import seeded
-from harness.model.sizes import MODEL_SIZES, default_level_channels
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -52,10 +53,12 @@ class UViT(MegatronModule):
 
     def __init__(self, cfg: ModelConfig, *, vocab_size: int | None, text_dim: int | None, seed: int,
                  tp: int = 1, pp: int = 1, layer_ids: range | None = None, pre_process: bool = True,
-                 post_process: bool = True, dtype: torch.dtype = torch.float32, initialize: bool = True):
+                 post_process: bool = True, dtype: torch.dtype = torch.float32, initialize: bool = True,
+                 sequence_parallel: bool = False):
         size = MODEL_SIZES[cfg.size]
         config = core_transformer_config(hidden=size.hidden, layers=size.layers, heads=size.heads, tp=tp, pp=pp,
-                                         dropout=cfg.dropout, dtype=dtype, initialize=initialize)
+                                         dropout=cfg.dropout, dtype=dtype, initialize=initialize,
+                                         sequence_parallel=sequence_parallel)
         super().__init__(config=config)
         # What Megatron's schedules and finalize_model_grads ask of a model: no tied embeddings here.
         self.model_type = ModelType.encoder_or_decoder
@@ -63,6 +66,7 @@ class UViT(MegatronModule):
         self.cfg, self.size, self.seed = cfg, size, seed
         self.pre_process, self.post_process = pre_process, post_process
         self.input_tensor = None
+        self.recompute_min_px: int | None = None      # ResBlocks at this side or larger re-run in backward
         layer_ids = range(size.layers) if layer_ids is None else layer_ids
         if pre_process:
             if cfg.text_encoder == "learned":
@@ -110,6 +114,13 @@ class UViT(MegatronModule):
     def _seeded(self, name: str, build):
         return seeded(self.seed, name, build)
 
+    def _block(self, block: ResBlock, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """A ResBlock, recomputed in backward when it works at recompute_min_px or more (it keeps
+        only its inputs; torch's non-reentrant checkpoint restores the RNG state for dropout)."""
+        if self.recompute_min_px is not None and h.shape[-1] >= self.recompute_min_px and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, h, cond, use_reentrant=False)
+        return block(h, cond)
+
 
 class ShallowUViT(UViT):
     """Core pre-training model: the image reaches the core grid in one patchify convolution."""
@@ -135,11 +146,11 @@ class ShallowUViT(UViT):
         return [(self.size.channels, self.cfg.core_grid)]
 
     def encode(self, x, cond):
-        h = self.enc(self.stem(x), cond)                 # (B, C, g, g)
+        h = self._block(self.enc, self.stem(x), cond)     # (B, C, g, g)
         return h, [h]
 
     def decode(self, h, skips, cond):
-        h = self.dec(torch.cat([h, skips[0]], dim=1), cond)
+        h = self._block(self.dec, torch.cat([h, skips[0]], dim=1), cond)
         return F.pixel_shuffle(self.head(h), self.patch)  # (B, 3, R, R)
 
 
@@ -192,7 +203,7 @@ class GrownUViT(UViT):
         for i in reversed(range(self.levels)):
             skips.append(h)
             for block in self.enc[i]:
-                h = block(h, cond)
+                h = self._block(block, h, cond)
                 skips.append(h)
             h = self.down[i](h)
         skips.append(h)                                   # long skip around the core
@@ -200,11 +211,11 @@ class GrownUViT(UViT):
 
     def decode(self, h, skips, cond):
         skips = list(skips)
-        h = self.mid(torch.cat([h, skips.pop()], dim=1), cond)
+        h = self._block(self.mid, torch.cat([h, skips.pop()], dim=1), cond)
         for i in range(self.levels):
             h = self.up[i](h)
             for block in self.dec[i]:
-                h = block(torch.cat([h, skips.pop()], dim=1), cond)
+                h = self._block(block, torch.cat([h, skips.pop()], dim=1), cond)
         return self.head(h)
 
 

@@ -10,20 +10,28 @@ from megatron.core.distributed import (
     finalize_model_grads,
 )
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from harness.config import RunConfig
 from harness.model.uvit import UViT
+from harness.parallel import megatron_fixes  # noqa: F401  (patches Megatron-core 0.16.1 at import)
 from harness.parallel.layout import precision
 
 
 def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
-    """Wrap the stage's model in Megatron DDP (contiguous fp32 grad buffers; frozen params excluded)."""
+    """Wrap the stage's model in Megatron DDP (contiguous fp32 grad buffers; frozen params excluded).
+
+    With parallel.overlap_grad_reduce each bucket's reduce-scatter (all-reduce without the
+    distributed optimizer) starts from a backward hook as soon as its gradients are complete; with
+    parallel.overlap_param_gather the distributed optimizer's weight all-gather is left to the next
+    forward, whose pre-hooks wait for each bucket just before it is used (Megatron-LM's
+    --overlap-grad-reduce / --overlap-param-gather)."""
+    p = cfg.parallel
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        grad_reduce_in_fp32=True, overlap_grad_reduce=p.overlap_grad_reduce,
+        overlap_param_gather=p.overlap_param_gather, bucket_size=p.bucket_size or None,
         # Non-finite gradients skip the step (harness/train/step.py) rather than stop the run here.
-        use_distributed_optimizer=cfg.parallel.distributed_optimizer, check_for_nan_in_grad=False)
+        use_distributed_optimizer=p.distributed_optimizer, check_for_nan_in_grad=False)
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     ddp.broadcast_params()
     # The schedules call these: DP gradient all-reduce after the last micro-batch, no sync before.
@@ -70,30 +78,3 @@ def override_learning_rates(optimizer, scheduler, cfg: RunConfig) -> None:
 def _torch_optimizers(optimizer):
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     return [opt.optimizer for opt in chained if getattr(opt, "optimizer", None) is not None]
-
-
-def _keep_adam_step_out_of_reshard_load() -> None:
-    """Work around a Megatron-core 0.16.1 bug when the distributed optimizer wraps torch's AdamW.
-
-    Loading `fully_reshardable` optimizer state copies every per-parameter state tensor from the
-    checkpoint, but it skips torch's per-parameter "step" on the source side and not on the
-    destination side (`_set_main_param_and_optimizer_states`): KeyError 'step'. With Apex or
-    Transformer Engine optimizers there is no per-parameter step, so only CPU and Apex-less runs
-    hit it. The step itself is restored from the param groups by `load_state_dict` before this.
-    """
-    original = DistributedOptimizer._set_main_param_and_optimizer_states
-
-    def set_states(self, model_param, tensors):
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
-        step = state.pop("step", None) if "step" not in tensors else None
-        try:
-            original(self, model_param, tensors)
-        finally:
-            if step is not None:
-                state["step"] = step
-
-    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
-
-
-_keep_adam_step_out_of_reshard_load()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import RunConfig
-from harness.model.sizes import MODEL_SIZES
+from harness.config.sizes import MODEL_SIZES
 from harness.model.uvit import StageState, UViT, build_model
 from harness.parallel.layout import Layout, precision
 
@@ -49,6 +49,7 @@ class PackSpec:
     tokens: int                              # N, core grid tokens
     text_len: int                            # L, caption tokens
     skips: tuple[tuple[int, int], ...]       # (channels, side) per skip
+    split: int = 1                           # sequence parallelism: the TP ranks share the rows
 
     def piece_shapes(self) -> list[tuple[int, ...]]:
         h = self.hidden
@@ -56,8 +57,10 @@ class PackSpec:
             (c, s, s) for c, s in self.skips]
 
     def rows(self) -> int:
-        """Packed rows per sample: the seq_length Megatron's p2p communication uses."""
-        return sum(math.ceil(math.prod(s) / self.hidden) for s in self.piece_shapes())
+        """Packed rows per sample: the seq_length Megatron's p2p communication uses (a multiple of
+        `split`: with sequence parallelism each TP rank sends and receives rows / tp of them)."""
+        rows = sum(math.ceil(math.prod(s) / self.hidden) for s in self.piece_shapes())
+        return math.ceil(rows / self.split) * self.split
 
 
 def pack(state: StageState, spec: PackSpec) -> torch.Tensor:
@@ -69,7 +72,9 @@ def pack(state: StageState, spec: PackSpec) -> torch.Tensor:
     for piece in pieces:
         x = piece.reshape(b, -1)
         flat.append(F.pad(x, (0, (-x.shape[1]) % spec.hidden)))
-    return torch.cat(flat, dim=1).view(b, -1, spec.hidden).transpose(0, 1).contiguous()
+    packed = torch.cat(flat, dim=1)
+    packed = F.pad(packed, (0, spec.rows() * spec.hidden - packed.shape[1]))
+    return packed.view(b, -1, spec.hidden).transpose(0, 1).contiguous()
 
 
 def unpack(packed: torch.Tensor, spec: PackSpec) -> StageState:
@@ -92,11 +97,20 @@ def build_stage(cfg: RunConfig, layout: Layout, *, vocab_size: int | None, text_
     dtype = torch.bfloat16 if precision(cfg) == "bf16" else torch.float32
     model = build_model(cfg.model, vocab_size=vocab_size, text_dim=text_dim, seed=cfg.train.seed, tp=layout.tp,
                         pp=layout.pp, layer_ids=stages[layout.pp_rank], pre_process=layout.is_first_stage,
-                        post_process=layout.is_last_stage, dtype=dtype, initialize=initialize)
+                        post_process=layout.is_last_stage, dtype=dtype, initialize=initialize,
+                        sequence_parallel=cfg.parallel.sequence_parallel)
+    apply_recompute(model, cfg.parallel)
     return model.to(device=device, dtype=dtype)
+
+
+def apply_recompute(model: UViT, p) -> None:
+    """parallel.recompute: `core` re-runs every core layer in backward, `full` also the ResBlocks at
+    recompute_min_px or more (as Megatron's recompute_granularity, applied after the model is built)."""
+    model.core.recompute = p.recompute in ("core", "full")
+    model.recompute_min_px = p.recompute_min_px if p.recompute == "full" else None
 
 
 def pack_spec(model: UViT, cfg: RunConfig) -> PackSpec:
     """The packing of this model's StageState at the configured caption length."""
     return PackSpec(hidden=model.config.hidden_size, tokens=cfg.model.core_grid ** 2, text_len=cfg.model.text_max_len,
-                    skips=tuple(model.skip_shapes()))
+                    skips=tuple(model.skip_shapes()), split=cfg.parallel.tp if model.config.sequence_parallel else 1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from harness.config import ModelConfig
-from harness.model.sizes import MODEL_SIZES, default_level_channels
+from harness.config.sizes import MODEL_SIZES, default_level_channels
 from harness.parallel.pipeline import PackSpec, split_layers
 
 GROUPS = (("cond", ("cond.",)), ("core layers", ("core.layers.",)), ("core other", ("core.",)), ("levels", ("",)))
@@ -134,7 +134,7 @@ class Shape:
 
     @classmethod
     def of(cls, cfg: ModelConfig) -> Shape:
-        """The Shape of a model config (sizes from harness.model.sizes)."""
+        """The Shape of a model config (sizes from harness.config.sizes)."""
         s = MODEL_SIZES[cfg.size]
         levels = (cfg.resolution_px // cfg.core_grid).bit_length() - 1
         chans = tuple(cfg.level_channels or default_level_channels(s, levels)) if cfg.arch == "grown" else ()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
 from harness.checkpoint import io
 from harness.checkpoint.rundir import RunLock
@@ -92,6 +93,8 @@ class Run:
     protect: tuple[Path, ...] = ()
     checkpoint: Path | None = None
     skipped_in_a_row: int = field(default=0)
+    background: AsyncCallsQueue | None = None   # train.async_save: the saves being written
+    ema_due: int | None = None                  # the EMA update not yet applied (its update count)
 
     def next_microbatches(self) -> list[MicroBatch] | None:
         if self.reader is None:        # middle pipeline stages receive activations, not data
@@ -103,12 +106,36 @@ class Run:
         p = self.cfg.parallel
         return p.global_batch // (p.micro_batch * self.layout.dp)
 
+    def catch_up_ema(self) -> None:
+        """Fold the last update's weights into the EMA (deferred while parallel.overlap_param_gather
+        leaves their all-gather to the next forward)."""
+        if self.ema_due is not None:
+            self.stage.ema.update(self.stage.model, self.ema_due)
+            self.ema_due = None
+
+    def weights_ready(self) -> None:
+        """Complete the weights (any pending all-gather) and the EMA before they are read."""
+        self.runner.sync_params()
+        self.catch_up_ema()
+
     def save(self, stop: Stop) -> Path:
+        """Checkpoint this step (in the background with train.async_save); the training stall is logged."""
+        began = time.perf_counter()
+        self.weights_ready()
+        self.finish_saves(blocking=True)                # one save in flight at a time keeps them ordered
         self.state.complete = complete(stop, self.cfg.train)
-        self.checkpoint = self.stage.save(self.run_dir, self.state, self.protect)
+        self.checkpoint = self.stage.save(self.run_dir, self.state, self.protect, self.background)
+        self.logger.note({"save_s": round(time.perf_counter() - began, 3)})
         return self.checkpoint
 
+    def finish_saves(self, blocking: bool) -> None:
+        """Finalise the background saves that are done (all of them, waiting, if `blocking`): only
+        then are they renamed and `latest` moved (collective)."""
+        if self.background is not None:
+            self.background.maybe_finalize_async_calls(blocking=blocking)
+
     def samples(self, name: str) -> None:
+        self.weights_ready()
         s = self.stage
         write_samples(self.run_dir / name, s.model, s.ema, self.cfg, s.text, self.layout, device())
 
@@ -159,7 +186,8 @@ def _assemble(cfg, info, layout, run_dir, lock, signals) -> Run:
         source_loss = state.loss if start.resumed else io.read_meta(start.checkpoint).get("loss")
         continuity = Continuity(start.checkpoint, source_loss, rank=layout.rank)
     run = Run(cfg, layout, run_dir, lock, signals, stage, state, reader, runner, logger, continuity, start.protect,
-              start.checkpoint if start.resumed else None)
+              start.checkpoint if start.resumed else None,
+              background=AsyncCallsQueue() if cfg.train.async_save else None)
     if continuity and cfg.train.continuity_samples:
         logger.note(continuity.score(lambda: runner.evaluate(run.next_microbatches(), run.num_micro),
                                      cfg.train.continuity_samples, cfg.parallel.global_batch))
@@ -175,11 +203,17 @@ def run(r: Run) -> Outcome:
         return _finish(r, Stop.FINISHED)
     began = time.perf_counter()
     mark_progress(state.step)
+    overlapped = r.cfg.parallel.overlap_param_gather
     while True:
-        metrics = r.runner.train_step(r.next_microbatches(), r.num_micro)
+        # With an overlapped parameter gather the last update's weights are complete only once the
+        # next forward has gathered them: the EMA folds them in there (before this update).
+        metrics = r.runner.train_step(r.next_microbatches(), r.num_micro, before_update=r.catch_up_ema)
         _count_skips(r, metrics["skipped"])
         if not metrics["skipped"]:
-            r.stage.ema.update(r.stage.model, state.step)
+            r.ema_due = state.step
+            if not overlapped:
+                r.catch_up_ema()
+        r.finish_saves(blocking=False)
         state.step += 1
         state.consumed_samples += r.cfg.parallel.global_batch
         mark_progress(state.step)
@@ -222,6 +256,7 @@ def _count_skips(r: Run, skipped: bool) -> None:
 def _finish(r: Run, stop: Stop) -> Outcome:
     """Report the stop; a finished stage (or one out of time) also writes samples and the loss plot."""
     t, rank0 = r.cfg.train, r.layout.rank == 0
+    r.finish_saves(blocking=True)                       # a stop, a signal or the end waits for its save
     done = complete(stop, t)
     if stop in (Stop.SIGUSR1, Stop.SIGTERM):
         if rank0:

@@ -11,11 +11,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel import (
+    gather_from_sequence_parallel_region,
+    scatter_to_sequence_parallel_region,
+)
 
 from harness.config import RunConfig
 from harness.diffusion.objective import diffuse, draw, v_loss, v_target
@@ -58,14 +63,19 @@ class StepRunner:
             d = draw(mb.positions, tuple(mb.x0.shape[1:]), self.cfg.train.seed, self.cfg.diffusion.caption_drop_prob)
             device = mb.x0.device
             t, noise, logsnr = d.t.to(device), d.noise.to(device), self.schedule.logsnr(d.t).to(device)
+        sp = stage.config.sequence_parallel
         if self.layout.is_first_stage:
             z = diffuse(mb.x0, noise, logsnr)
             state = stage.embed(z, t, dataclasses.replace(mb.text, drop=d.drop.to(device)))
         else:
-            state = unpack(stage.input_tensor, self.spec)
+            # With sequence parallelism each TP rank received rows / tp of the packed state.
+            received = stage.input_tensor
+            state = unpack(gather_from_sequence_parallel_region(received, tensor_parallel_output_grad=False)
+                           if sp else received, self.spec)
         state = stage.run_layers(state)
         if not self.layout.is_last_stage:
-            return pack(state, self.spec), None
+            packed = pack(state, self.spec)
+            return (scatter_to_sequence_parallel_region(packed) if sp else packed), None
         return stage.finish(state), functools.partial(_loss_func, v_target(mb.x0, noise, logsnr))
 
     def accumulate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
@@ -97,15 +107,25 @@ class StepRunner:
         self.scheduler.step(increment=1)
         return {"grad_norm": float(grad_norm or 0.0), "lr": lr}
 
-    def train_step(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> dict:
+    def train_step(self, microbatches: list[MicroBatch] | None, num_microbatches: int,
+                   before_update: Callable[[], None] | None = None) -> dict:
         """One optimizer step; returns loss, grad norm, lr and `skipped`: a non-finite loss or
         gradient on any rank skips the update and the schedule (Megatron-LM skips an overflowed
-        step the same way), so a bad batch never reaches the weights."""
+        step the same way), so a bad batch never reaches the weights. `before_update` runs between
+        the forward-backward and the update."""
         loss = self.accumulate(microbatches, num_microbatches)
+        if before_update is not None:
+            before_update()
         if not self._finite(loss):
             return {"loss": loss, "grad_norm": float("nan"), "lr": self.optimizer.param_groups[0]["lr"],
                     "skipped": True}
         return {"loss": loss, **self.update(), "skipped": False}
+
+    def sync_params(self) -> None:
+        """Finish the distributed optimizer's weight all-gather now (with parallel.overlap_param_gather
+        it is otherwise left to the next forward), before the weights are read outside a step."""
+        if self.ddp.ddp_config.overlap_param_gather:
+            self.ddp.start_param_sync(force_sync=True)
 
     def _finite(self, loss: float) -> bool:
         """Whether the global loss and every rank's reduced gradients are finite (collective)."""

@@ -80,11 +80,13 @@ def _kill_during_a_save(args, run) -> bool:
     return bool(list(run.glob(".tmp-step_*")))
 
 
-def test_killed_writer_leaves_the_last_good_checkpoint(world, tiny_data, tmp_path):
-    """SIGKILL the trainer while a checkpoint is being written; `latest` stays on a complete one and
-    a rerun resumes from it."""
+@pytest.mark.parametrize("async_save", [False, True])
+def test_killed_writer_leaves_the_last_good_checkpoint(world, tiny_data, tmp_path, async_save):
+    """SIGKILL the trainer while a checkpoint is being written (by itself, or by its background
+    writer with train.async_save); `latest` stays on a complete one and a rerun resumes from it."""
     run = tmp_path / "killed"
-    data = [f"data.path={tiny_data / 'train'}", f"data.heldout_path={tiny_data / 'heldout'}", f"train.run_dir={run}"]
+    data = [f"data.path={tiny_data / 'train'}", f"data.heldout_path={tiny_data / 'heldout'}", f"train.run_dir={run}",
+            f"train.async_save={str(async_save).lower()}"]
     args = [str(BIN / "python"), "-m", "harness.train", "--config", "configs/tiny/core.yaml", *data,
             "train.steps=100000", "train.ckpt_every_steps=1", "train.keep_checkpoints=3"]
     # The kill can land just after a save completed; try again (each try resumes the run).

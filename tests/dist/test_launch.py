@@ -8,9 +8,11 @@ import time
 
 import psutil
 import pytest
+import torch
 from invariants import NEGLIGIBLE, assert_held, weights
 from launching import BIN, REPO, launch
 
+from harness.checkpoint import io
 from harness.config import load
 from harness.train.loop import train
 
@@ -79,6 +81,21 @@ def test_a_bf16_run_resumed_at_another_dp_keeps_its_weights(uninterrupted, tmp_p
     launch("torchrun", 2, ["-m", "harness.train", *_args(bf16, run, 4), "optim.override_schedule=true", *NEGLIGIBLE])
     assert json.loads((run / "step_0000004" / "meta.json").read_text())["layout"]["dp"] == 2
     assert_held(loaded, weights(run))
+
+
+def test_overlapped_communication_trains_the_same(uninterrupted, tmp_path):
+    """bf16, DP=2 with the distributed optimizer: the gradient reduce and the weight all-gather
+    overlapped with compute (the EMA folds each update in after the next forward has gathered it)
+    give checkpoints - weights, EMA, optimizer - identical to the run without overlap."""
+    overrides, _ = uninterrupted
+    bf16 = [*overrides, "train.precision=bf16", "parallel.distributed_optimizer=true"]
+    runs = {}
+    for name, extra in (("plain", []), ("overlap", ["parallel.overlap_grad_reduce=true",
+                                                    "parallel.overlap_param_gather=true", "parallel.bucket_size=20000"])):
+        runs[name] = tmp_path / name
+        launch("torchrun", 2, ["-m", "harness.train", *_args(bf16, runs[name], 3), *extra])
+    a, b = (io.read_tensors(io.latest_checkpoint(runs[k])) for k in ("plain", "overlap"))
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_a_dead_rank_stops_the_job_and_is_named(uninterrupted, tmp_path):

@@ -1,8 +1,10 @@
 """TP / PP / DP against one process: same weights and data, three optimizer steps.
 
-Three launches (2 and 4 gloo processes) cover TP=2, PP=2, DP=2, TP=2xPP=2, TP=2xDP=2, PP=2xDP=2 and
-DP=4 with the distributed optimizer. Each layout's gradients (third step) and weights (after it) are
-written with dist_checkpointing and read back at TP=PP=1 here, against the one-process reference.
+Launches of 2 and 4 gloo processes cover TP=2, PP=2, DP=2, TP=2xPP=2, TP=2xDP=2, PP=2xDP=2 and DP=4
+with the distributed optimizer; sequence parallelism at TP=2 and TP=2xPP=2; recomputation at TP=2
+and PP=2; overlapped gradient reduce and parameter gather at DP=2 and DP=4. Each layout's gradients
+(third step) and weights (after it) are written with dist_checkpointing and read back at TP=PP=1
+here, against the one-process reference; recomputed runs also against their own layout without it.
 """
 
 import json
@@ -60,7 +62,7 @@ def _differences(layout_dir, ref_dir, vocab: int) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("nprocs, layouts, zero", [(2, "2x1,1x2,1x1", False), (4, "2x2,2x1,1x2", False),
-                                                    (4, "1x1", True)])
+                                                    (4, "1x1", True), (4, "2x1sp,2x2sp", False)])
 def test_layouts_match_one_process(world, tiny_data, reference, tmp_path, nprocs, layouts, zero):
     args = [str(REPO / "tests/dist/parity_worker.py"), "--data", str(tiny_data), "--out", str(tmp_path),
             "--layouts", layouts] + (["--distributed-optimizer"] if zero else [])
@@ -72,3 +74,22 @@ def test_layouts_match_one_process(world, tiny_data, reference, tmp_path, nprocs
         worst = _differences(d, reference / ("zero" if zero else "plain"), vocab)
         print(f"{d.name}: max relative difference " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
         assert all(v < TOL for v in worst.values()), f"{d.name}: {worst}"
+
+
+def test_recomputation_and_overlap_change_nothing(world, tiny_data, tmp_path):
+    """fp32: TP=2 with the core recomputed, PP=2 with every ResBlock recomputed too, and DP=2 with
+    the gradient reduce and parameter gather overlapped: gradients, weights and losses bit-identical
+    to the same layout without them."""
+    args = [str(REPO / "tests/dist/parity_worker.py"), "--data", str(tiny_data), "--out", str(tmp_path),
+            "--layouts", "2x1,2x1rc,1x2,1x2rf"]
+    launch("torchrun", 2, args)
+    launch("torchrun", 2, [*args[:-1], "1x1,1x1ov", "--distributed-optimizer"])
+    vocab = Tokenizer(tiny_data / "train" / "tokenizer.model").vocab_size
+    for plain, other in (("tp2_pp1_dp1", "tp2_pp1_dp1_rc"), ("tp1_pp2_dp1", "tp1_pp2_dp1_rf"),
+                         ("tp1_pp1_dp2_zero", "tp1_pp1_dp2_zero_ov")):
+        assert json.loads((tmp_path / other / "losses.json").read_text()) == \
+            json.loads((tmp_path / plain / "losses.json").read_text())
+        for kind, prefix in (("weights", "model."), ("grads", "grad.")):
+            if (tmp_path / plain / kind).exists():
+                a, b = _read(tmp_path / plain / kind, prefix, vocab), _read(tmp_path / other / kind, prefix, vocab)
+                assert [k for k in a if not torch.equal(a[k], b[k])] == [], f"{other} {kind}"

@@ -71,6 +71,8 @@ def cancel(job_ids: list[str]) -> None:
 
 
 def useful_lines(text: str) -> list[str]:
-    """Job output without library warnings (what a user reads)."""
+    """The harness's own job output, without library warnings or srun's step messages (these are written
+    by another process, so their order against the harness's last line is not fixed)."""
     noise = ("warn", "Warning", "if hasattr", "RerunStateMachine", "Implicit initialization", "load_state_dict")
-    return [line for line in text.splitlines() if not any(n in line for n in noise)]
+    return [line for line in text.splitlines()
+            if not any(n in line for n in noise) and not line.startswith("srun: ")]

@@ -8,9 +8,9 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
 from harness.config import ModelConfig
+from harness.config.sizes import MODEL_SIZES
 from harness.model.conditioning import TextInput
 from harness.model.core import SDPAttention, core_transformer_config
-from harness.model.sizes import MODEL_SIZES
 from harness.model.uvit import build_model
 
 

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from invariants import NEGLIGIBLE, assert_held, max_change, weights
 
 from harness.checkpoint import io
@@ -129,3 +130,17 @@ def test_a_loss_rise_in_the_first_steps_is_a_warning():
     with pytest.warns(ContinuityWarning, match=r"rose 1\.6x in the first steps .* 0\.6200 .* 0\.9900 logged at step 25"):
         c.first_logged(0.99, 25)
     c.first_logged(5.0, 50)          # only the first logged loss is compared
+
+
+def test_split_gradient_buckets_save_each_parameter_under_its_own_name(world, tiny_data, tmp_path):
+    """bf16 with the distributed optimizer and the gradient buffer split into many buckets (as
+    parallel.overlap_grad_reduce with a bucket_size does): every saved fp32 main copy rounds to the
+    bf16 weight saved beside it (Megatron-core 0.16.1 shifted all but the first bucket's)."""
+    run = tmp_path / "buckets"
+    train(load("configs/tiny/core.yaml", _data(tiny_data, "bf16") + [
+        f"train.run_dir={run}", "train.steps=1", "parallel.overlap_grad_reduce=true", "parallel.bucket_size=2000"]))
+    model = io.read_tensors(io.resolve(run), "model.")
+    main = io.read_tensors(io.resolve(run), "optimizer.state.param.model.")
+    assert main.keys() == model.keys() and len(model) > 8
+    wrong = [k for k in model if not torch.equal(main[k].to(torch.bfloat16), model[k])]
+    assert wrong == []
