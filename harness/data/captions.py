@@ -77,7 +77,8 @@ def _rate(counts: Sequence[int], text_max_len: int) -> float:
     return float(np.mean(np.asarray(counts) > text_max_len)) if len(counts) else 0.0
 
 
-def truncation_warning(root: str | Path, rate: float, text_max_len: int, threshold: float = TRUNCATION_WARN) -> str | None:
+def truncation_warning(root: str | Path, rate: float, text_max_len: int,
+                       threshold: float = TRUNCATION_WARN) -> str | None:
     """The warning to print when more than `threshold` of the captions are cut, else None."""
     if rate <= threshold:
         return None

@@ -7,11 +7,11 @@ import io
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ingest_inputs import image_bytes, sample, write_tar
 from PIL import Image
 
 from harness.data.filters import Policy
@@ -21,31 +21,6 @@ from harness.data.reader import ShardedReader
 from harness.data.sources import Unit, folder_units, input_units
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def image_bytes(w: int, h: int, colour=(200, 30, 30), fmt: str = "PNG") -> bytes:
-    img = Image.new("RGB", (w, h), "white")
-    img.paste(colour, (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
-    out = io.BytesIO()
-    img.save(out, fmt)
-    return out.getvalue()
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def sample(key: str, data: bytes, caption: str | None, ext: str = "png", as_json: bool = False):
-    members = [(f"{key}.{ext}", data)]
-    if caption is not None:
-        members.append((f"{key}.json", json.dumps({"caption": caption}).encode()) if as_json
-                       else (f"{key}.txt", caption.encode()))
-    return members
 
 
 def readback(folder: Path) -> dict[str, tuple[str, np.ndarray]]:
@@ -163,15 +138,17 @@ def test_parquet_bytes_and_struct_columns(tmp_path):
     result = ingest(units, tmp_path / "out", options(32), progress=False)
     assert sorted(readback(tmp_path / "out")) == [f"u{i}" for i in range(5)]
     assert result.report["skipped"]["duplicate_image"]["count"] == 1
-    assert result.report["skipped"]["missing_image"]["examples"][0].startswith(f"{tmp_path / 'b.parquet'} row 1 (id v1)")
-    with pytest.raises(ValueError, match=r"a.parquet: no column 'caption' \(--caption-column\); the columns are jpg, txt, uid"):
+    missing = result.report["skipped"]["missing_image"]["examples"][0]
+    assert missing.startswith(f"{tmp_path / 'b.parquet'} row 1 (id v1)")
+    with pytest.raises(ValueError, match=r"a.parquet: no column 'caption' \(--caption-column\); the columns are jpg, "):
         input_units([str(tmp_path / "a.parquet")], image_column="jpg")
     without_keys = input_units([str(tmp_path / "a.parquet")], image_column="jpg", caption_column="txt")
     assert [r.key for u in without_keys for r in u.read()] == [f"a-{i:06d}" for i in range(5)]
 
 
 def test_small_sources_need_upsample(tmp_path):
-    tar = write_tar(tmp_path / "s.tar", sample("k0", image_bytes(16, 16), "tiny") + sample("k1", image_bytes(32, 32), "ok"))
+    tar = write_tar(tmp_path / "s.tar", sample("k0", image_bytes(16, 16), "tiny")
+                    + sample("k1", image_bytes(32, 32), "ok"))
     with pytest.raises(ValueError, match=r"out/64: no sample is stored at 64 px .*--upsample"):
         ingest(input_units([str(tar)]), tmp_path / "out", options(32, 64), progress=False)
     assert read_manifest(tmp_path / "out" / "32").num_samples == 1          # the lower resolution was written
