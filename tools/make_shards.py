@@ -1,140 +1,107 @@
-"""Turn an image folder + captions (JSONL or CSV) into a sharded HDF5 data set.
+"""Turn images + captions into sharded HDF5 data sets (one per --resolution), with a report of what was skipped.
 
+    # an image folder + JSONL/CSV captions (rows: file, caption[, id][, split])
     python tools/make_shards.py --images-root data/raw/fluent-emoji-3d \\
         --captions data/raw/fluent-emoji-3d/metadata.jsonl --split train --out data/emoji/train --resolution 256
-    mpiexec -n 2 python tools/make_shards.py ...      # ranks write disjoint shards
+    # webdataset tars as img2dataset writes them ({key}.jpg|png|webp + {key}.txt / {key}.json "caption")
+    mpiexec -n 8 python tools/make_shards.py --input '/data/cc12m/*.tar' --out /datasets/cc12m --resolution 256 1024
+    # parquet with image bytes (or datasets' {"bytes": ...} structs) and captions
+    python tools/make_shards.py --input 'export/*.parquet' --image-column jpg --caption-column txt --out ds
 
-Captions rows have `file` (relative to --images-root) and `caption`, optionally `id` (default: the
-file path without its suffix) and `split`. Images are composited on white, centre-cropped to a
-square and resized to --resolution (exact area average when shrinking by an integer factor).
-A rerun after an interruption keeps the shards already written.
+Several resolutions write OUT/<R>/ each; the higher ones hold only the sources at least that large,
+under the same ids (--upsample stores smaller sources upsampled: the emoji rehearsal at 1024 px).
+Images are composited on white, centre-cropped to a square and resized (the exact area average
+when shrinking by an integer factor). Skipped, counted and named in OUT/ingest-report.json: missing
+or undecodable images (--strict: an error), empty or over-long captions, aspect ratios outside
+[--min-aspect, --max-aspect], sources below the lowest resolution, repeated ids and images. Under
+mpiexec the ranks share the input shards (tars, parquet row groups, slices of the captions file);
+a rerun after an interruption keeps the finished ones. See harness/data/ingest.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from harness.data.filters import Policy
 from harness.data.format import COMPRESSIONS
-from harness.data.writer import write_dataset
+from harness.data.ingest import Options, Result, ingest
+from harness.data.mpi import mpi_comm, rank_and_size
+from harness.data.sources import folder_units, input_units
 
 
-def read_captions(path: Path, split: str | None) -> list[dict]:
-    """Rows {file, caption, id} of a JSONL or CSV captions file, keeping only `split` when given."""
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [(n, row) for n, row in enumerate(csv.DictReader(f), start=2)]
-    else:
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-    kept, seen = [], set()
-    for n, row in rows:
-        for key in ("file", "caption") + (("split",) if split else ()):
-            if not row.get(key):
-                raise ValueError(f"{path}:{n}: missing '{key}'")
-        if split and row["split"] != split:
-            continue
-        sample_id = row.get("id") or str(Path(row["file"]).with_suffix(""))
-        if sample_id in seen:
-            raise ValueError(f"{path}:{n}: id {sample_id!r} appears twice")
-        seen.add(sample_id)
-        kept.append({"file": row["file"], "caption": row["caption"], "id": sample_id})
-    if not kept:
-        raise ValueError(f"{path}: no rows" + (f" with split '{split}'" if split else ""))
-    return kept
-
-
-def load_image(path: Path, resolution_px: int) -> np.ndarray:
-    """RGB uint8 [R, R, 3]: alpha composited on white, centre-cropped square, resized to R."""
-    with Image.open(path) as im:
-        im = im.convert("RGBA")
-    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-    im = Image.alpha_composite(white, im).convert("RGB")
-    side = min(im.size)
-    left, top = (im.width - side) // 2, (im.height - side) // 2
-    im = im.crop((left, top, left + side, top + side))
-    if side != resolution_px:
-        # BOX is the exact area average for an integer shrink factor; LANCZOS for everything else.
-        box = side > resolution_px and side % resolution_px == 0
-        im = im.resize((resolution_px, resolution_px), Image.Resampling.BOX if box else Image.Resampling.LANCZOS)
-    return np.asarray(im, dtype=np.uint8)
-
-
-class ImageFolderSamples(Sequence):
-    """(image, caption, id) samples, each image loaded when indexed (so MPI ranks load only their own)."""
-
-    def __init__(self, images_root: Path, rows: list[dict], resolution_px: int):
-        self.images_root, self.rows, self.resolution_px = images_root, rows, resolution_px
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, str, str]:
-        row = self.rows[i]
-        path = self.images_root / row["file"]
-        try:
-            image = load_image(path, self.resolution_px)
-        except OSError as e:
-            raise OSError(f"{path}: cannot load image ({e})") from None
-        return image, row["caption"], row["id"]
-
-
-def mpi_comm():
-    """COMM_WORLD when launched by an MPI launcher with more than one rank, else None (mpi4py imported only then)."""
-    if not any(k in os.environ for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")):
-        return None
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
-
-
-def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images-root", type=Path, required=True)
-    parser.add_argument("--captions", type=Path, required=True, help="JSONL or CSV: file, caption[, id][, split]")
-    parser.add_argument("--split", help="keep only rows with this split")
-    parser.add_argument("--out", type=Path, required=True, help="data set folder to write")
-    parser.add_argument("--resolution", type=int, default=256, help="stored resolution in pixels")
-    parser.add_argument("--samples-per-shard", type=int, default=1024)
-    parser.add_argument("--compression", default="blosc-lz4", choices=[c or "none" for c in COMPRESSIONS],
-                        help="blosc-lz4 (default) decodes ~10x faster than lzf/gzip; see harness.data.writer")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_argument_group("input (either --input, or --images-root with --captions)")
+    src.add_argument("--input", nargs="+", metavar="GLOB", help="webdataset .tar / .tar.gz or .parquet files")
+    src.add_argument("--images-root", type=Path, help="folder the captions file's `file` entries are relative to")
+    src.add_argument("--captions", type=Path, help="JSONL or CSV: file, caption[, id][, split]")
+    src.add_argument("--split", help="captions file: keep only rows with this split")
+    src.add_argument("--image-column", default="image", help="parquet: column of image bytes (default image)")
+    src.add_argument("--caption-column", default="caption", help="parquet: caption column (default caption)")
+    src.add_argument("--key-column", help="parquet: id column (default: <file stem>-<row>)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, help="data set folder (several resolutions: OUT/<R>/)")
+    out.add_argument("--resolution", type=int, nargs="+", default=[256], help="stored resolution(s) in pixels")
+    out.add_argument("--samples-per-shard", type=int, default=1024,
+                     help="at the lowest resolution; higher ones hold about as many bytes per shard")
+    out.add_argument("--compression", default="blosc-lz4", choices=[c or "none" for c in COMPRESSIONS],
+                     help="blosc-lz4 (default) decodes ~10x faster than lzf/gzip; see harness.data.writer")
+    out.add_argument("--overwrite", action="store_true", help="replace existing data sets")
+    flt = parser.add_argument_group("filters")
+    flt.add_argument("--upsample", action="store_true",
+                     help="store sources smaller than a resolution upsampled (default: skip them)")
+    flt.add_argument("--min-aspect", type=float, default=0.5, help="lowest width/height kept (default 0.5)")
+    flt.add_argument("--max-aspect", type=float, default=2.0, help="highest width/height kept (default 2)")
+    flt.add_argument("--max-caption-chars", type=int, default=1000, help="longer captions are skipped")
+    flt.add_argument("--strict", action="store_true", help="a missing or undecodable image is an error, not a skip")
+    flt.add_argument("--tokenizer", help="SentencePiece .model or Hugging Face tokenizer: count the caption "
+                                         "characters it maps to its unknown token")
+    flt.add_argument("--examples", type=int, default=20, help="places listed per reason in the report")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if bool(args.input) == bool(args.images_root or args.captions) or bool(args.images_root) != bool(args.captions):
+        parser.error("give --input GLOB..., or --images-root with --captions")
+    return args
 
+
+def main(argv: list[str] | None = None) -> Result:
+    args = parse_args(argv)
     comm = mpi_comm()
-    rank = comm.Get_rank() if comm is not None else 0
-    samples = ImageFolderSamples(args.images_root, read_captions(args.captions, args.split), args.resolution)
+    rank, size = rank_and_size(comm)
+    resolutions = tuple(sorted(set(args.resolution)))
+    if args.input:
+        units = input_units(args.input, image_column=args.image_column, caption_column=args.caption_column,
+                            key_column=args.key_column)
+        source = " ".join(args.input)
+    else:
+        units = folder_units(args.images_root, args.captions, args.split, args.samples_per_shard)
+        source = f"{args.captions}" + (f" split={args.split}" if args.split else "")
+    policy = Policy(resolutions, upsample=args.upsample, min_aspect=args.min_aspect, max_aspect=args.max_aspect,
+                    max_caption_chars=args.max_caption_chars, strict=args.strict)
+    options = Options(policy, samples_per_shard=args.samples_per_shard,
+                      compression=None if args.compression == "none" else args.compression,
+                      tokenizer=args.tokenizer, examples=args.examples, overwrite=args.overwrite)
     start = time.perf_counter()
-    manifest = write_dataset(samples, args.out, resolution_px=args.resolution,
-                             samples_per_shard=args.samples_per_shard,
-                             compression=None if args.compression == "none" else args.compression,
-                             source=f"{args.captions}" + (f" split={args.split}" if args.split else ""),
-                             overwrite=args.overwrite, comm=comm)
+    result = ingest(units, args.out, options, source=source, comm=comm, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
     if rank == 0:
-        size_mb = sum((args.out / s.file).stat().st_size for s in manifest.shards) / 1e6
-        print(f"{args.out}: {manifest.num_samples} samples in {len(manifest.shards)} shards, "
-              f"{size_mb:.1f} MB ({args.compression}), {time.perf_counter() - start:.1f} s")
-    return manifest
+        report = result.report
+        print(f"{report['records']} records from {len(units)} input shard(s) on {size} rank(s) in {seconds:.1f} s: "
+              f"{report['records'] / seconds:.1f} images/s")
+        for r, manifest in result.manifests.items():
+            mb = sum((result.folders[r] / s.file).stat().st_size for s in manifest.shards) / 1e6
+            print(f"{result.folders[r]}: {manifest.num_samples} samples at {r} px in {len(manifest.shards)} shards, "
+                  f"{mb:.1f} MB ({args.compression})")
+        skipped = ", ".join(f"{k} {v['count']}" for k, v in report["skipped"].items())
+        print(f"skipped: {skipped or 'none'}; report: {result.report_path}")
+    return result
 
 
 if __name__ == "__main__":
     try:
         main()
     except (OSError, ValueError) as e:  # bad input or a corrupt file: one line naming it, no traceback
-        sys.exit(f"make_shards: error: {e}")
+        sys.exit(f"make_shards: error: {e}" if rank_and_size(mpi_comm())[0] == 0 else 1)

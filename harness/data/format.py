@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,14 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
+def file_sha256(path: str | Path, on_block: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file's bytes; `on_block(n)` is called after each block of n bytes (progress)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
+            if on_block is not None:
+                on_block(len(block))
     return digest.hexdigest()
 
 

@@ -23,6 +23,7 @@ from harness.data.format import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     Manifest,
+    ShardInfo,
     file_sha256,
     read_manifest,
 )
@@ -283,20 +284,24 @@ class ShardedReader:
             f = h5py.File(path, "r", locking=False)
         except OSError as e:
             raise OSError(f"{path}: cannot open shard: {_one_line(e)}") from None
-        stored = self.manifest.resolution_px
-        expected = (info.num_samples, stored, stored, 3)
-        names = ("images", "ids", self.manifest.caption_field) + (("text_emb", "text_len")
-                                                                   if self.manifest.text_embedding else ())
-        if f.attrs.get("format_version") != FORMAT_VERSION or not all(k in f for k in names) \
-                or f["images"].shape != expected or any(len(f[k]) != info.num_samples for k in names):
-            f.close()
-            raise ValueError(f"{path}: not a format-{FORMAT_VERSION} shard with datasets {', '.join(names)} of "
-                             f"{info.num_samples} samples at {stored} px, as {MANIFEST_FILE} says")
-        if (why := _dtype_problem(f, self.manifest)) is not None:
+        if (why := layout_problem(f, info, self.manifest)) is not None:
             f.close()
             raise ValueError(f"{path}: {why}")
         self._files[shard] = f
         return f
+
+
+def layout_problem(f: h5py.File, info: ShardInfo, manifest: Manifest) -> str | None:
+    """Why an open shard does not hold what the manifest says (datasets, sample count, resolution,
+    dtypes), or None."""
+    stored = manifest.resolution_px
+    expected = (info.num_samples, stored, stored, 3)
+    names = ("images", "ids", manifest.caption_field) + (("text_emb", "text_len") if manifest.text_embedding else ())
+    if f.attrs.get("format_version") != FORMAT_VERSION or not all(k in f for k in names) \
+            or f["images"].shape != expected or any(len(f[k]) != info.num_samples for k in names):
+        return (f"not a format-{FORMAT_VERSION} shard with datasets {', '.join(names)} of "
+                f"{info.num_samples} samples at {stored} px, as {MANIFEST_FILE} says")
+    return _dtype_problem(f, manifest)
 
 
 def _dtype_problem(f: h5py.File, manifest: Manifest) -> str | None:

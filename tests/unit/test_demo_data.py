@@ -51,7 +51,7 @@ def test_make_shards_heldout(tmp_path):
     metadata = RAW / "fluent-emoji-3d" / "metadata.jsonl"
     manifest = _tool("make_shards").main(["--images-root", str(RAW / "fluent-emoji-3d"), "--captions", str(metadata),
                                           "--split", "heldout", "--out", str(out), "--resolution", "64",
-                                          "--samples-per-shard", "128", "--compression", "none"])
+                                          "--samples-per-shard", "128", "--compression", "none"]).manifests[64]
     rows = {r["id"]: r for line in metadata.open(encoding="utf-8") if (r := json.loads(line))["split"] == "heldout"}
     assert manifest.num_samples == len(rows) and manifest.resolution_px == 64 and manifest.compression is None
     with ShardedReader(out, resolution_px=32, global_batch=16) as reader:
@@ -73,7 +73,7 @@ def test_make_shards_from_a_csv(tmp_path):
     (tmp_path / "captions.csv").write_text('file,caption\nsub/a.png,"red, then blue"\nb.png,café\n', encoding="utf-8")
     manifest = _tool("make_shards").main(["--images-root", str(tmp_path / "img"), "--captions",
                                           str(tmp_path / "captions.csv"), "--out", str(tmp_path / "ds"),
-                                          "--resolution", "10", "--compression", "gzip"])
+                                          "--resolution", "10", "--compression", "gzip"]).manifests[10]
     assert manifest.num_samples == 2 and manifest.compression == "gzip"
     with ShardedReader(tmp_path / "ds", resolution_px=10, global_batch=1) as reader:
         batch = reader.read([0, 1])
