@@ -3,12 +3,15 @@
     python tools/bench_scaling.py --out runs/bench_scaling              # local: torchrun per layout
     srun ... python tools/bench_scaling.py --worker --tp 2 --pp 1 --out DIR   # one layout, any launcher
     python tools/bench_scaling.py --aggregate --out DIR                # CSV + PNG from the worker files
+    python tools/bench_scaling.py --layouts 1x1,1x1+overlap              # DP=2 with and without overlap
 
 Every layout trains the same model on the same global batch of random data (the full harness step:
 Megatron schedule, DDP, optimizer), so total FLOPs per step are equal and efficiency is simply
 images/s(layout) / images/s(baseline), the baseline being the one-process run on the same machine.
 Model FLOPs per step are counted once with FlopCounterMode (attention included); FLOP/s are model
-FLOP/s (replicated convolutions on TP ranks are not counted twice).
+FLOP/s (replicated convolutions on TP ranks are not counted twice). A layout ending in `+overlap`
+runs with parallel.overlap_grad_reduce and parallel.overlap_param_gather (Megatron DDP buckets of
+parallel.bucket_size elements, here --bucket-size).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def worker(args) -> None:
     info = init_distributed()
     cfg = load(None, [f"model.size={args.size}", f"model.resolution_px={args.resolution}", f"parallel.tp={args.tp}",
                       f"parallel.pp={args.pp}", f"parallel.global_batch={args.global_batch}",
-                      f"parallel.micro_batch={args.micro_batch}", f"train.precision={args.precision}"])
+                      f"parallel.micro_batch={args.micro_batch}", f"train.precision={args.precision}",
+                      f"parallel.overlap_grad_reduce={args.overlap}", f"parallel.overlap_param_gather={args.overlap}",
+                      f"parallel.bucket_size={args.bucket_size if args.overlap else 0}"])
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     layout = initialize_layout(args.tp, args.pp)
     dev = device()
@@ -52,7 +57,8 @@ def worker(args) -> None:
     torch.distributed.barrier()
     seconds = (time.perf_counter() - start) / args.steps
     if info.rank == 0:
-        row = {"layout": f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}", "world": layout.world, "tp": layout.tp,
+        row = {"layout": f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}" + ("-overlap" if args.overlap else ""),
+               "overlap": args.overlap, "world": layout.world, "tp": layout.tp,
                "pp": layout.pp, "dp": layout.dp, "size": args.size, "resolution": args.resolution, "precision": args.precision,
                "global_batch": args.global_batch, "seconds_per_step": seconds, "images_per_s": args.global_batch / seconds,
                "device": str(dev), "threads_per_rank": torch.get_num_threads()}
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--global-batch", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--overlap", action="store_true", help="worker: overlap the DP gradient reduce and weight gather")
+    parser.add_argument("--bucket-size", type=int, default=1_000_000, help="DDP bucket elements with --overlap")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
@@ -129,15 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.aggregate:
         common = [sys.argv[0], "--worker", "--out", str(out), "--size", args.size, "--resolution", str(args.resolution),
                   "--precision", args.precision, "--global-batch", str(args.global_batch),
-                  "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                  "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                  "--bucket-size", str(args.bucket_size)]
         torchrun = str(Path(sys.executable).parent / "torchrun")
         runs = [(1, "1x1")] + [(args.nprocs, spec) for spec in args.layouts.split(",")]
         for nprocs, spec in runs:
+            spec, overlap = spec.removesuffix("+overlap"), spec.endswith("+overlap")
             tp, pp = spec.split("x")
             # The one-process baseline uses every core; each of N processes gets 1/N of them.
             threads = str(max(1, (os.cpu_count() or 1) // nprocs))
             print(f"[bench_scaling] {nprocs} process(es), tp={tp} pp={pp}, {threads} thread(s) each", flush=True)
-            subprocess.run([torchrun, "--standalone", f"--nproc_per_node={nprocs}", *common, "--tp", tp, "--pp", pp],
+            subprocess.run([torchrun, "--standalone", f"--nproc_per_node={nprocs}", *common, "--tp", tp, "--pp", pp,
+                            *(["--overlap"] if overlap else [])],
                            check=True, env={**os.environ, "OMP_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"})
     aggregate(out)
     return 0

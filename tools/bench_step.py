@@ -35,7 +35,7 @@ import torch
 
 from harness.config import load
 from harness.distributed.launch import init_distributed
-from harness.eval.flops import count_flops, matmul_tflops
+from harness.eval.flops import count_flops, machine_name, matmul_tflops
 from harness.model.core import Core, core_transformer_config
 from harness.parallel.layout import device, initialize_layout
 from harness.train.synthetic import synthetic_step
@@ -130,7 +130,7 @@ GPU_CORES = ({"hidden": 2048, "layers": 4, "batch": 64}, {"hidden": 4096, "layer
 
 def environment() -> dict:
     """What the numbers were measured with."""
-    env = {"torch": torch.__version__, "device": str(device())}
+    env = {"torch": torch.__version__, "device": str(device()), "machine": machine_name()}
     if torch.cuda.is_available():
         env.update(cuda=torch.version.cuda, nccl=".".join(map(str, torch.cuda.nccl.version())),
                    gpu=torch.cuda.get_device_name(), gpus=torch.cuda.device_count())
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[rows.index(ours)] = ours = again
     if peer is not None:
         rows.append(peer)
-    print(f"device: {device()}  torch {torch.__version__}  threads {torch.get_num_threads()}")
+    print(f"machine: {machine_name()}  torch {torch.__version__}")
     print("matmul rate (2048^3): " + ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in peak.items()))
     _report(rows, peak)
     if peer is not None:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               f"FLOP/s ratio {ours['tflops'] / peer['tflops']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_tflops": peak, "results": rows, "peer_images_per_s_ratio": None if peer is None else
+            json.dump({"machine": machine_name(), "matmul_tflops": peak, "results": rows, "peer_images_per_s_ratio": None if peer is None else
                        ours["images_per_s"] / peer["images_per_s"]}, f, indent=2)
     return 0
 

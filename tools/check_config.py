@@ -3,11 +3,14 @@
     python tools/check_config.py --config configs/tiny/core.yaml --world-size 8 [key=value ...]
     python tools/check_config.py --config configs/tiny/grow-frozen.yaml --source runs/tiny/core
     python tools/check_config.py --config configs/tiny/core.yaml --finished      # after the run
+    python tools/check_config.py --config configs/cluster/core-8b.yaml --skip-paths   # away from the cluster
 
 Checks, without importing torch: the config loads and validates, its layout fits the world size,
-train.run_dir can be created and written, the data set exists, and where the stage starts from
-(`--source` for tools/grow.py, else run_dir's `latest` or train.init_from) exists. Prints one line
-and exits 0, or prints `error: ...` (one line) and exits 2.
+train.run_dir can be created and written, the data set exists and is stored at a resolution the
+model can read (at or above model.resolution_px, a multiple of it), and where the stage starts from
+(`--source` for tools/grow.py, else run_dir's `latest` or train.init_from) exists. `--skip-paths`
+leaves out the checks of paths (run_dir, data, source), for checking a cluster's configs elsewhere.
+Prints one line and exits 0, or prints `error: ...` (one line) and exits 2.
 
 `--finished` instead asks whether the stage is done: its latest checkpoint says it is complete
 (train.steps reached, or its time limit with train.time_limit_completes). A run stopped by SIGTERM,
@@ -27,17 +30,21 @@ from harness.checkpoint.rundir import unwritable_reason
 from harness.config import ConfigError, load, validate_world
 
 
-def check(config: str, overrides: list[str], world_size: int | None, source: str | None) -> str:
+def check(config: str, overrides: list[str], world_size: int | None, source: str | None,
+          skip_paths: bool = False) -> str:
     """The one-line summary of a stage that can start; raises ConfigError naming the first problem."""
     cfg = load(config, overrides)
     dp = validate_world(cfg, world_size) if world_size else None
     run_dir = Path(cfg.train.run_dir)
+    layout = f"tp={cfg.parallel.tp} pp={cfg.parallel.pp}" + (f" dp={dp}" if dp else "")
+    summary = (f"{config}: stage {cfg.train.stage}, {cfg.model.size} {cfg.model.arch} {cfg.model.resolution_px} px, "
+               f"{layout}, run_dir {run_dir}")
+    if skip_paths:
+        return f"{summary}, paths not checked"
     if (why := unwritable_reason(run_dir)) is not None:
         raise ConfigError(f"train.run_dir {run_dir}: not writable ({why})")
     for key in ("path", "heldout_path"):
-        path = Path(getattr(cfg.data, key))
-        if not (path / "manifest.json").is_file():
-            raise ConfigError(f"data.{key} {path}: no data set there (no manifest.json)")
+        _check_data(Path(getattr(cfg.data, key)), f"data.{key}", cfg.model.resolution_px)
     if source is not None:
         if not Path(source).exists():
             raise ConfigError(f"--source {source}: no such checkpoint or run directory")
@@ -50,9 +57,21 @@ def check(config: str, overrides: list[str], world_size: int | None, source: str
         start = f"starts from {cfg.train.init_from}"
     else:
         start = "starts from scratch"
-    layout = f"tp={cfg.parallel.tp} pp={cfg.parallel.pp}" + (f" dp={dp}" if dp else "")
-    return (f"{config}: stage {cfg.train.stage}, {cfg.model.size} {cfg.model.arch} {cfg.model.resolution_px} px, "
-            f"{layout}, run_dir {run_dir}, {start}")
+    return f"{summary}, {start}"
+
+
+def _check_data(path: Path, key: str, resolution_px: int) -> None:
+    """The data set exists and the model's resolution divides the stored one (the reader's rule)."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(f"{key} {path}: no data set there (no manifest.json)")
+    try:
+        stored = json.loads(manifest.read_text())["resolution_px"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{manifest}: not a data-set manifest ({e!r})") from None
+    if not isinstance(stored, int) or stored < resolution_px or stored % resolution_px:
+        raise ConfigError(f"{key} {path}: stored at {stored} px, which model.resolution_px {resolution_px} "
+                          "does not divide (store the set at or above the stage's resolution)")
 
 
 def finished(config: str, overrides: list[str]) -> str:
@@ -75,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ranks the stage will run on (default: SLURM_NTASKS when set)")
     parser.add_argument("--source", help="the checkpoint or run directory tools/grow.py will read")
     parser.add_argument("--finished", action="store_true", help="after the run: did it reach train.steps?")
+    parser.add_argument("--skip-paths", action="store_true",
+                        help="check the config and layout only, not run_dir, data or source (away from the cluster)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
     try:
         if args.finished:
             print(finished(args.config, args.overrides), flush=True)
         else:
-            print(f"check: {check(args.config, args.overrides, args.world_size, args.source)}", flush=True)
+            print(f"check: {check(args.config, args.overrides, args.world_size, args.source, args.skip_paths)}", flush=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 3 if args.finished else 2

@@ -2,6 +2,7 @@
 
     python tools/plan.py --size 8b --gpus-per-node 8 --gpu-mem-gb 80 --nodes 4 --interconnect nvlink-ib
     python tools/plan.py --size 8b --nodes 16 --resolution 1024 --micro-batch 1 2 --png plan.png
+    python tools/plan.py --size 8b --nodes 16 --recompute core --sequence-parallel   # the cluster config's
 
 Builds the model on the meta device (no memory), counts its parameters per module, and for every
 layout that divides the GPUs (TP inside a node and dividing the heads, PP <= layers) estimates the
@@ -75,7 +76,7 @@ def plot(path: str, estimates, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", required=True, help="tiny, small, 2b, 4b, 8b")
+    p.add_argument("--size", required=True, help="tiny, small, mid, 2b, 4b, 8b")
     p.add_argument("--arch", choices=("auto", "shallow", "grown"), default="auto",
                    help="auto: the shallow core model at <= 64 px, the grown model above")
     p.add_argument("--resolution", type=int, default=64)
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--global-batch", type=int, default=512)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--recompute", choices=("none", "core", "full"), default="none",
+                   help="activation recomputation, as parallel.recompute")
+    p.add_argument("--recompute-min-px", type=int, default=256, help="as parallel.recompute_min_px (with full)")
+    p.add_argument("--sequence-parallel", action="store_true", help="as parallel.sequence_parallel")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense peak of one GPU in this precision")
     p.add_argument("--efficiency", type=float, default=0.5, help="achieved fraction of the peak")
     p.add_argument("--vocab-size", type=int, default=1000)
@@ -99,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     inv = build_inventory(cfg, vocab_size=args.vocab_size)
     cluster = Cluster(args.gpus_per_node, args.nodes, args.gpu_mem_gb, args.interconnect, args.peak_tflops,
                       args.efficiency)
-    estimates = plan(Shape.of(cfg), inv, cluster, args.micro_batch, args.global_batch, precision=args.precision)
+    estimates = plan(Shape.of(cfg), inv, cluster, args.micro_batch, args.global_batch, precision=args.precision,
+                     recompute=args.recompute, recompute_min_px=args.recompute_min_px,
+                     sequence_parallel=args.sequence_parallel)
     fit = [e for e in estimates if e.fits]
     print(f"{args.size} {arch} {args.resolution}px: {inv.total:,} parameters (" +
           ", ".join(f"{k} {v:,}" for k, v in inv.groups.items() if k != "total") +

@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     size: str = "tiny"
-    """Key of harness.config.sizes.MODEL_SIZES: tiny, small, 2b, 4b, 8b."""
+    """Key of harness.config.sizes.MODEL_SIZES: tiny, small, mid, 2b, 4b, 8b."""
     arch: str = "shallow"
     """`shallow`: the Shallow-UViT of core pre-training; `grown`: the UNet grown around the core."""
     resolution_px: int = 64

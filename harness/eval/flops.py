@@ -7,6 +7,7 @@ of the CUDA kernels (same math) are registered for them here.
 
 from __future__ import annotations
 
+import platform
 import time
 
 import torch
@@ -52,3 +53,16 @@ def matmul_tflops(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: fl
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def machine_name() -> str:
+    """What a benchmark ran on: the GPU's name, or the CPU model (/proc/cpuinfo) and thread count."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} x{torch.cuda.device_count()}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"

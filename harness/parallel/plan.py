@@ -8,18 +8,20 @@ Memory per rank (bytes), for the pipeline stage that needs most:
   bf16 training 2 (bf16 weight) + 4 (fp32 grad buffer: Megatron DDP grad_reduce_in_fp32) + 4 (the
   harness's fp32 EMA) + 12/dp (fp32 main weight + Adam m, v, sharded by the distributed optimizer);
   fp32 training 4 + 4 + 4 + 8/dp (the main weight is the model weight).
-- activations: tensors autograd saves for backward, from the shapes (see `layer_activation_elems`,
-  `resblock_activation_elems`, `ends_activation_elems`), no recomputation; 1F1B keeps min(pp - k, m)
+- activations: tensors autograd saves for backward, from the shapes (harness/parallel/costs.py,
+  which also models parallel.recompute and parallel.sequence_parallel); 1F1B keeps min(pp - k, m)
   micro-batches in flight on stage k, each with its received and sent packed state.
-- workspace: transient tensors at the start of backward (`workspace_bytes`).
+- workspace: transient tensors at the start of backward (`workspace_bytes`), plus the one layer or
+  ResBlock that recomputation rebuilds at a time (`recompute_bytes`).
 Communication per step: TP all-reduces (3 forward, 4 backward per core layer and micro-batch), PP
 sends of the packed state (`PackSpec.rows()` x micro-batch x hidden, forward and backward), DP
 reduce-scatter of fp32 gradients + all-gather of weights (distributed optimizer), ring volumes.
 Step time: (m + pp - 1) x the slowest stage's micro-batch time (1F1B bubble (pp-1)/(m+pp-1)),
 a micro-batch time being FLOPs / (peak x efficiency x r / (r + half_rows), r = micro-batch x
 tokens: small GEMMs run below peak) + activation traffic / HBM bandwidth + its TP and PP
-communication; plus the DP gradient/weight exchange, which the harness does not overlap
-(overlap_grad_reduce=False). Bandwidths are per-GPU classes (`INTERCONNECTS`), stated assumptions.
+communication; plus the DP gradient/weight exchange, counted in full: an upper bound when
+parallel.overlap_grad_reduce / overlap_param_gather hide part of it behind compute. Bandwidths are
+per-GPU classes (`INTERCONNECTS`), stated assumptions.
 """
 
 from __future__ import annotations
@@ -29,8 +31,16 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from harness.config import ModelConfig
-from harness.config.sizes import MODEL_SIZES, default_level_channels
-from harness.parallel.pipeline import PackSpec, split_layers
+from harness.parallel.costs import (
+    Shape,
+    ends_activation_elems,
+    ends_flops,
+    layer_activation_elems,
+    layer_flops,
+    recompute_bytes,
+    workspace_bytes,
+)
+from harness.parallel.pipeline import split_layers
 
 GROUPS = (("cond", ("cond.",)), ("core layers", ("core.layers.",)), ("core other", ("core.",)), ("levels", ("",)))
 GiB = 2**30
@@ -116,123 +126,6 @@ def build_inventory(cfg: ModelConfig, vocab_size: int | None = 1000, text_dim: i
 
 
 @dataclass(frozen=True)
-class Shape:
-    """The sizes that activations, FLOPs and the packed pipeline state depend on."""
-
-    hidden: int
-    heads: int
-    layers: int
-    channels: int
-    grid: int
-    text_len: int
-    text_width: int
-    text_layers: int
-    resolution_px: int
-    arch: str
-    level_channels: tuple[int, ...]
-    blocks_per_level: int
-
-    @classmethod
-    def of(cls, cfg: ModelConfig) -> Shape:
-        """The Shape of a model config (sizes from harness.config.sizes)."""
-        s = MODEL_SIZES[cfg.size]
-        levels = (cfg.resolution_px // cfg.core_grid).bit_length() - 1
-        chans = tuple(cfg.level_channels or default_level_channels(s, levels)) if cfg.arch == "grown" else ()
-        return cls(s.hidden, s.heads, s.layers, s.channels, cfg.core_grid, cfg.text_max_len, s.text_width,
-                   s.text_layers, cfg.resolution_px, cfg.arch, chans, cfg.blocks_per_level)
-
-    def levels(self) -> list[tuple[int, int, int]]:
-        """Grown model: (channels, side, channels on the core side) of each level, innermost first
-        (level i works at core_grid * 2^(i+1), as harness.model.uvit.GrownUViT)."""
-        inner = [self.channels] + list(self.level_channels[:-1])
-        return [(c, self.grid << (i + 1), inner[i]) for i, c in enumerate(self.level_channels)]
-
-    def pack_spec(self) -> PackSpec:
-        """The packed state that pipeline stages exchange (harness.parallel.pipeline)."""
-        if self.arch == "shallow":
-            skips = [(self.channels, self.grid)]
-        else:
-            skips = [(c, side) for c, side, _ in reversed(self.levels()) for _ in range(self.blocks_per_level + 1)]
-            skips.append((self.channels, self.grid))
-        return PackSpec(self.hidden, self.grid ** 2, self.text_len, tuple(skips))
-
-
-def layer_activation_elems(sh: Shape, b: int, tp: int) -> tuple[int, int]:
-    """(elements in the compute dtype, fp32 elements) one core layer saves for backward.
-
-    Per token (s = grid^2 tokens, h = hidden): 10h unsharded (inputs of the 3 norms, the 2 modulated
-    norm outputs, the inputs of linear_qkv / linear_q / linear_fc1, the 2 gated branches) and 14h/tp
-    sharded (qkv 3h, self-attention output h, cross-attention q h and output h, GELU input 4h, fc2
-    input 4h; the output projections take views of the attention outputs, which SDPA returns
-    sequence-major); per caption token the cross-attention k, v 2h/tp; fp32: mean and rstd of the
-    3 norms per token, and the two attentions' log-sum-exp per head and query."""
-    s, h, L = sh.grid ** 2, sh.hidden, sh.text_len
-    act = s * b * h * 10 + s * b * h * 14 // tp + 2 * L * b * h // tp
-    fp32 = 6 * s * b + 2 * b * (sh.heads // tp) * s
-    return act, fp32
-
-
-def resblock_activation_elems(c_in: int, c_out: int, side: int, b: int) -> int:
-    """Elements a ResBlock saves: 3 c_in (norm1 input, SiLU input, conv1 input) + 4 c_out (norm2 input,
-    modulated norm2 output, SiLU input, conv2 input) per pixel; the skip conv reuses the block input."""
-    return (3 * c_in + 4 * c_out) * side * side * b
-
-
-def ends_activation_elems(sh: Shape, b: int) -> tuple[int, int]:
-    """(first-stage extras, last-stage extras) activation elements outside the core layers: the
-    conditioning (time MLP, text encoder, context projection), stem, encoder and core input on the
-    first stage; core output, decoder and head on the last. The loss's fp32 error is added by callers."""
-    h, g, c, L, w, R = sh.hidden, sh.grid, sh.channels, sh.text_len, sh.text_width, sh.resolution_px
-    # text transformer layer: 2 norms in/out, qkv 3w, attention out w, proj in w, MLP 4w + 4w, probs
-    cond = 2 * b * 256 + 2 * b * h + sh.text_layers * b * L * (16 * w + 2 * L) + b * L * w + 2 * b * h
-    first = cond + 3 * R * R * b + c * g * g * b                         # stem input, core proj_in input
-    last = 2 * g * g * b * h                                             # norm_out, proj_out inputs
-    if sh.arch == "shallow":
-        first += resblock_activation_elems(c, c, g, b)
-        last += resblock_activation_elems(2 * c, c, g, b) + 3 * c * g * g * b   # dec, head (norm, SiLU, conv)
-    else:
-        for ch, side, inner in sh.levels():
-            first += sh.blocks_per_level * resblock_activation_elems(ch, ch, side, b) + ch * side * side * b
-            last += inner * side * side * b                              # up-sampling conv input
-            last += (sh.blocks_per_level + 1) * resblock_activation_elems(2 * ch, ch, side, b)
-        last += resblock_activation_elems(2 * c, c, g, b) + 3 * sh.level_channels[-1] * R * R * b  # mid, head
-    return first, last
-
-
-def _resblock_flops(c_in: int, c_out: int, side: int, b: int) -> int:
-    return 2 * b * side * side * (9 * c_in * c_out + 9 * c_out * c_out + (c_in * c_out if c_in != c_out else 0))
-
-
-def layer_flops(sh: Shape, b: int) -> int:
-    """Forward FLOPs of one core layer (all TP ranks together): 28 s h^2 of linears, 4 L h^2 for
-    the caption k/v, 4 s^2 h self-attention, 4 s L h cross-attention."""
-    s, h, L = sh.grid ** 2, sh.hidden, sh.text_len
-    return b * (28 * s * h * h + 4 * L * h * h + 4 * s * s * h + 4 * s * L * h)
-
-
-def ends_flops(sh: Shape, b: int) -> tuple[int, int]:
-    """Forward FLOPs of the first-stage and last-stage extras (conditioning, convolutions, core in/out)."""
-    h, g, c, L, w, R = sh.hidden, sh.grid, sh.channels, sh.text_len, sh.text_width, sh.resolution_px
-    cond = 2 * b * (256 * h + h * h + 2 * w * h + 6 * h * h) + 2 * b * L * w * h
-    cond += sh.text_layers * 2 * b * L * (12 * w * w + 2 * L * w)
-    first = cond + 2 * b * g * g * c * h
-    last = 2 * b * g * g * h * c
-    if sh.arch == "shallow":
-        p = R // g
-        first += 2 * b * g * g * 3 * p * p * c + _resblock_flops(c, c, g, b)
-        last += _resblock_flops(2 * c, c, g, b) + 2 * b * g * g * c * 3 * p * p
-    else:
-        ch0 = sh.level_channels[-1]                                      # the outermost level's
-        first += 2 * b * R * R * 27 * ch0
-        for ch, side, inner in sh.levels():
-            first += sh.blocks_per_level * _resblock_flops(ch, ch, side, b) + 2 * b * (side // 2) ** 2 * 9 * ch * inner
-            last += 2 * b * side * side * 9 * inner * ch                       # up-sampling conv
-            last += (sh.blocks_per_level + 1) * _resblock_flops(2 * ch, ch, side, b)
-        last += _resblock_flops(2 * c, c, g, b) + 2 * b * R * R * 27 * ch0
-    return first, last
-
-
-@dataclass(frozen=True)
 class Link:
     """Per-GPU bandwidths (bytes/s) and per-message latency (s) of an interconnect class."""
 
@@ -308,16 +201,21 @@ def ring_bytes(size: float, n: int, kind: str) -> float:
 
 def estimate(sh: Shape, inv: ParamInventory, cluster: Cluster, tp: int, pp: int, micro_batch: int,
              global_batch: int, *, precision: str = "bf16", distributed_optimizer: bool = True,
-             pp_layers: list[int] | None = None) -> Estimate:
-    """Memory, communication and time of one layout; `dp` is what is left of the cluster."""
+             pp_layers: list[int] | None = None, recompute: str = "none", recompute_min_px: int = 256,
+             sequence_parallel: bool = False) -> Estimate:
+    """Memory, communication and time of one layout; `dp` is what is left of the cluster.
+    `recompute` / `recompute_min_px` / `sequence_parallel` as the parallel.* config keys."""
     dp = cluster.world // (tp * pp)
     b, m = micro_batch, global_batch // (micro_batch * dp)
     act_b = 2 if precision == "bf16" else 4
     link = INTERCONNECTS[cluster.interconnect]
     stages = split_layers(sh.layers, pp, pp_layers)
-    layer_act, layer_fp32 = layer_activation_elems(sh, b, tp)
+    core_rc, min_px = recompute in ("core", "full"), recompute_min_px if recompute == "full" else 0
+    layer_act, layer_fp32 = layer_activation_elems(sh, b, tp, sequence_parallel=sequence_parallel, recomputed=core_rc)
     layer_bytes = layer_act * act_b + layer_fp32 * 4
-    first_act, last_act = (e * act_b for e in ends_activation_elems(sh, b))
+    rebuilt = recompute_bytes(sh, b, tp, act_b, core=core_rc, recompute_min_px=min_px,
+                              sequence_parallel=sequence_parallel)
+    first_act, last_act = (e * act_b for e in ends_activation_elems(sh, b, min_px))
     last_act += 3 * sh.resolution_px ** 2 * b * 4                          # the loss's fp32 error
     packed = sh.pack_spec().rows() * b * sh.hidden * act_b
     first_fl, last_fl = ends_flops(sh, b)
@@ -339,8 +237,9 @@ def estimate(sh: Shape, inv: ParamInventory, cluster: Cluster, tp: int, pp: int,
         ends = (first_act if first else 0) + (last_act if last else 0)
         sends = (not first) + (not last)                                    # packed states received + sent
         acts = min(pp - k, m) * (n * layer_bytes + ends + sends * packed)
-        workspace = workspace_bytes(sh, b, tp, act_b, last)
-        flops = 3 * ((first_fl if first else 0) + (last_fl if last else 0)) + 3 * n * layer_flops(sh, b) / tp
+        workspace = workspace_bytes(sh, b, tp, act_b, last) + rebuilt
+        # A recomputed core layer runs its forward twice (recomputed ResBlocks' second forward is not counted).
+        flops = 3 * ((first_fl if first else 0) + (last_fl if last else 0)) + (3 + core_rc) * n * layer_flops(sh, b) / tp
         t_compute = flops / peak + 3 * (n * layer_bytes + ends) / (cluster.hbm_gbps * 1e9)  # write, read, grad
         t_tp = n * (tp_layer / link.intra_bw + 7 * link.latency_s) if tp > 1 else 0.0
         t_pp = sends * (packed / pp_bw + link.latency_s) if pp > 1 else 0.0
@@ -359,17 +258,6 @@ def estimate(sh: Shape, inv: ParamInventory, cluster: Cluster, tp: int, pp: int,
                     worst["ws"], max(r["tp_bytes"] for r in rows), max(r["pp_bytes"] for r in rows),
                     max(r["dp_bytes"] for r in rows), m * slow["t_compute"],
                     m * slow["t_comm"] + max(r["t_dp"] for r in rows), (pp - 1) / (m + pp - 1), step, fits)
-
-
-def workspace_bytes(sh: Shape, b: int, tp: int, act_b: int, last: bool) -> float:
-    """Transient memory at the start of backward, beyond the saved activations: the loss's four fp32
-    image-sized tensors (prediction, target, error, its gradient) on the last stage, or the gradients
-    of the largest saved tensor's op (its output's and its input's), whichever is larger."""
-    loss = 4 * 3 * sh.resolution_px ** 2 * b * 4 if last else 0
-    largest = 4 * sh.grid ** 2 * b * sh.hidden // tp                  # the MLP's hidden activation
-    for ch, side, _ in sh.levels() if sh.arch == "grown" else []:
-        largest = max(largest, 2 * ch * side * side * b)                # a decoder block's concatenated input
-    return max(loss, 2 * largest * act_b)
 
 
 def layouts(sh: Shape, cluster: Cluster, micro_batches: list[int], global_batch: int) -> list[tuple[int, int, int]]:

@@ -1,6 +1,12 @@
 """Config schema: YAML + overrides, and one-line errors that name the key before any compute."""
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from harness.config import ConfigError, load, parse_override, validate_world
 
@@ -58,9 +64,39 @@ def test_layout_must_divide_world():
         validate_world(cfg, 8)
 
 
-def test_repository_configs_validate():
-    from pathlib import Path
-    configs = sorted(Path(__file__).parents[2].joinpath("configs").rglob("*.yaml"))
-    assert configs, "no configs found"
-    for path in configs:
-        load(path)
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_repository_configs_validate_at_their_world_size(path):
+    """Every config (its `base:` chain included) validates, and its layout fits the world size its
+    `# world_size: N` comment documents; tools/check_config.py passes on it (paths not checked)."""
+    sizes = re.findall(r"^# world_size: (\d+)$", path.read_text(), re.M)
+    assert len(sizes) == 1, f"{path}: needs one '# world_size: N' comment"
+    validate_world(load(path), int(sizes[0]))
+    result = subprocess.run([sys.executable, "tools/check_config.py", "--config", str(path), "--world-size", sizes[0],
+                             "--skip-paths"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.strip().endswith("paths not checked"), result.stderr
+
+
+def test_cluster_stages_write_out_their_data_and_schedule():
+    """Each cluster stage names its own data set and learning-rate schedule (nothing inherited by
+    accident through `base:`), and the 1024 px stages read a set stored for 1024 px."""
+    for path in (p for p in CONFIGS if p.parent.name == "cluster"):
+        own = yaml.safe_load(path.read_text())
+        assert {"path", "heldout_path"} <= own["data"].keys(), path
+        assert {"lr", "min_lr", "warmup_steps", "decay_steps"} <= own["optim"].keys(), path
+        cfg = load(path)
+        assert cfg.optim.decay_steps == cfg.train.steps, path
+        assert f"-{cfg.model.resolution_px if cfg.model.resolution_px > 256 else 256}/" in cfg.data.path, path
+
+
+def test_check_config_refuses_data_stored_below_the_stage_resolution(tiny_overrides):
+    """A 256 px stage pointed at a set stored at 128 px fails the pre-flight, naming the key."""
+    result = subprocess.run([sys.executable, "tools/check_config.py", "--config", "configs/tiny/grow-frozen.yaml",
+                             *tiny_overrides, "model.resolution_px=256"], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("stored at 128 px, which model.resolution_px 256 does not divide "
+                                          "(store the set at or above the stage's resolution)"), result.stderr
