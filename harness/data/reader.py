@@ -39,6 +39,11 @@ class Batch:
     text_len: torch.Tensor | None  # int64 (B,)
 
 
+def to_model_range(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Stored uint8 images [0, 255] -> float32 in [-1, 1] (on `device`), the range the model trains in."""
+    return images.to(device, torch.float32) / 127.5 - 1.0
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """The order of epoch `epoch`: a permutation of range(num_samples) that depends only on (seed, epoch)."""
     if seed < 0 or epoch < 0:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness.data.format import file_sha256
 from harness.data.frozen_text import DIM as TEXT_DIM
 from harness.data.frozen_text import SHA256 as MINILM_SHA256
 from harness.data.frozen_text import sentence_vectors
@@ -114,7 +115,7 @@ def train_probe(features: torch.Tensor, captions: list[str], *, steps: int = 400
 def probe_key(data_path: str | Path, resolution_px: int) -> dict:
     """What a cached probe depends on: data set, resolution, both frozen nets, this code's version."""
     manifest = Path(data_path) / "manifest.json"
-    return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "resolution_px": resolution_px,
+    return {"manifest_sha256": file_sha256(manifest), "resolution_px": resolution_px,
             "inception_sha1": INCEPTION_SHA1, "minilm_sha256": MINILM_SHA256, "version": PROBE_VERSION}
 
 

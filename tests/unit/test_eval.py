@@ -123,14 +123,14 @@ def tiny_checkpoint(world, tiny_data, tmp_path_factory):
 
 
 def test_eval_loss_is_deterministic(tiny_checkpoint, tiny_data):
-    from harness.data.reader import ShardedReader
+    from harness.data.reader import ShardedReader, to_model_range
     from harness.eval.eval_loss import DEFAULT_TIMES, per_sample_losses, summarize
     from harness.eval.load import load_for_inference
 
     loaded = load_for_inference(tiny_checkpoint)
     with ShardedReader(tiny_data / "heldout", resolution_px=64, global_batch=1, verify_checksums=False) as r:
         batch = r.read(range(len(r)))
-    x0, text, idx = batch.images.float() / 127.5 - 1, loaded.text.encode(batch), list(range(len(batch.captions)))
+    x0, text, idx = to_model_range(batch.images), loaded.text.encode(batch), list(range(len(batch.captions)))
     run = lambda **kw: per_sample_losses(loaded.model, loaded.cfg, loaded.layout, x0, text, idx, **kw)  # noqa: E731
     first = run(batch_size=16)
     assert first.shape == (16, len(DEFAULT_TIMES)) and torch.isfinite(first).all() and (first > 0).all()
