@@ -1,0 +1,2 @@
+"""Command-line tools: each module's `main(argv)` parses arguments and calls into the harness; its
+`cli()` is the console script of setup.cfg [options.entry_points] and what tools/<name>.py runs."""
