@@ -1,4 +1,4 @@
-"""Grow a stage's checkpoint into the next stage's step-0 checkpoint (DESIGN §5).
+"""Grow a stage's checkpoint into the next stage's step-0 checkpoint (rules: harness/growth/rules.py).
 
 A shim: the tool lives in harness/cli/grow.py (also the console script `harness-grow`).
 """

@@ -1,4 +1,4 @@
-"""Grow a stage's checkpoint into the next stage's step-0 checkpoint (DESIGN §5).
+"""Grow a stage's checkpoint into the next stage's step-0 checkpoint (rules: harness/growth/rules.py).
 
     python tools/grow.py --source runs/demo/core --config configs/demo/grow-frozen.yaml
     torchrun --nproc_per_node 8 tools/grow.py --source CKPT --config CFG parallel.tp=2 parallel.pp=2

@@ -1,4 +1,4 @@
-"""HDF5 shard format v1 and the data set manifest (DESIGN.md §4).
+"""HDF5 shard format v1 and the data set manifest.
 
 A data set is a folder holding ``manifest.json`` and ``shard-00000.h5`` ... . Each shard has
 

