@@ -63,4 +63,11 @@ def test_repository_configs_validate():
     configs = sorted(Path(__file__).parents[2].joinpath("configs").rglob("*.yaml"))
     assert configs, "no configs found"
     for path in configs:
-        load(path)
+        cfg = load(path)
+        # File names say the stage and, when not the stage's default, the resolution: the loaded
+        # config must agree (core is the Shallow-UViT at 64 px, growth stages a grown UNet above it).
+        stage = next(s for s in ("core", "grow-frozen", "grow-finetune") if path.stem.startswith(s))
+        assert cfg.train.stage == stage, path
+        assert cfg.model.arch == ("shallow" if stage == "core" else "grown"), path
+        px = [int(part) for part in path.stem.split("-") if part.isdigit()]
+        assert cfg.model.resolution_px == (px[0] if px else 64 if stage == "core" else 128), path
