@@ -80,6 +80,9 @@ def train_arm_a(out: Path, steps: dict[str, int], common: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness import warnings_filter
+
+    warnings_filter.install()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/growth_vs_scratch"))
     parser.add_argument("--reuse", type=Path, help="take arm A from DIR/{core,grow-frozen,grow-finetune}")
