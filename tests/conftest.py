@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import pytest
 
+from harness import warnings_filter
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-warnings.filterwarnings("ignore", category=UserWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
+warnings_filter.install()    # setup.cfg's filterwarnings repeats the list for pytest's per-test filters
 
 WORDS = ["red", "blue", "green", "yellow", "circle", "square", "big", "small", "cat", "dog", "tree", "house"]
 

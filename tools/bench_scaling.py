@@ -112,6 +112,9 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness import warnings_filter
+
+    warnings_filter.install()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_scaling")
     parser.add_argument("--worker", action="store_true", help="time one layout in the launched world")

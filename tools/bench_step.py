@@ -145,6 +145,9 @@ def gpu_rows(steps: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness import warnings_filter
+
+    warnings_filter.install()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per case")
     parser.add_argument("--json", help="also write the results here")

@@ -27,24 +27,32 @@ import numpy as np
 
 from harness.checkpoint import io
 from harness.config import from_dict, load
-from harness.data.reader import ShardedReader
+from harness.data.reader import ShardedReader, to_model_range
 from harness.distributed.launch import init_distributed
 from harness.eval.eval_loss import per_sample_losses, summarize
 from harness.eval.flops import count_flops
 from harness.eval.load import load_for_inference
 from harness.growth.grow import grow
-from harness.growth.rules import RULES
+from harness.growth.rules import rule_for
 from harness.parallel.layout import initialize_layout
 from harness.train.loop import train
 from harness.train.synthetic import synthetic_step
 
 ARM_A = ("core", "grow-frozen", "grow-finetune")
-FROZEN = {"grow-frozen": RULES[("shallow", "grown")].carry}      # what grow-frozen keeps fixed
 
 
-def step_tflops(cfg, stage: str) -> float:
+def frozen_in(stage: str, metas: dict) -> tuple[str, ...]:
+    """What `stage` keeps fixed: in grow-frozen, what the growth rule from the core's architecture to
+    grow-frozen's carries (harness/growth/rules.py, as tools/grow.py freezes it)."""
+    if stage != "grow-frozen":
+        return ()
+    arch = {s: metas[s]["config"]["model"]["arch"] for s in ("core", "grow-frozen")}
+    return rule_for(arch["core"], arch["grow-frozen"]).carry
+
+
+def step_tflops(cfg, frozen: tuple[str, ...] = ()) -> float:
     """Training FLOPs of one optimizer step of `cfg` (counted on a real step, random data)."""
-    step, _ = synthetic_step(cfg, initialize_layout(1, 1), frozen_prefixes=FROZEN.get(stage, ()))
+    step, _ = synthetic_step(cfg, initialize_layout(1, 1), frozen_prefixes=frozen)
     return count_flops(step) / 1e12
 
 
@@ -56,7 +64,7 @@ def heldout_loss(run: Path, num: int) -> dict:
                        verify_checksums=False) as heldout:
         idx = np.linspace(0, len(heldout) - 1, min(num, len(heldout))).round().astype(int)
         batch = heldout.read(idx)
-    x0 = batch.images.float() / 127.5 - 1
+    x0 = to_model_range(batch.images)
     losses = per_sample_losses(loaded.model, cfg, loaded.layout, x0, loaded.text.encode(batch), list(idx))
     return {"step": loaded.meta["step"], "resolution_px": cfg.model.resolution_px, **summarize(losses)}
 
@@ -72,6 +80,9 @@ def train_arm_a(out: Path, steps: dict[str, int], common: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness import warnings_filter
+
+    warnings_filter.install()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/growth_vs_scratch"))
     parser.add_argument("--reuse", type=Path, help="take arm A from DIR/{core,grow-frozen,grow-finetune}")
@@ -88,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         train_arm_a(args.out, {"core": args.core_steps, "grow-frozen": args.frozen_steps,
                                "grow-finetune": args.finetune_steps}, common)
     metas = {s: io.read_meta(io.resolve(run)) for s, run in arm_a.items()}
-    flops = {s: step_tflops(from_dict(m["config"]), s) for s, m in metas.items()}
+    flops = {s: step_tflops(from_dict(m["config"]), frozen_in(s, metas)) for s, m in metas.items()}
     steps = {s: m["step"] for s, m in metas.items()}
     budget = sum(steps[s] * flops[s] for s in ARM_A)
 
     finetune = from_dict(metas["grow-finetune"]["config"])
-    flops["scratch"] = step_tflops(finetune, "scratch")
+    flops["scratch"] = step_tflops(finetune)
     steps["scratch"] = math.ceil(budget / flops["scratch"])
     core_optim = from_dict(metas["core"]["config"]).optim
     scratch = from_dict(metas["grow-finetune"]["config"], "scratch", common + [

@@ -1,90 +1,13 @@
 """Convert a checkpoint to another (TP, PP, DP) layout, or to / from one safetensors release file.
 
-    torchrun --nproc_per_node 4 tools/reshard.py --source runs/x --out runs/x-tp2pp2 parallel.tp=2 parallel.pp=2 --verify
-    python tools/reshard.py --source runs/x --export release/x.safetensors [--raw]
-    python tools/reshard.py --import release/x.safetensors --out runs/x-imported
-
-A layout conversion keeps the whole training state (weights, EMA, the distributed optimizer's state,
-the schedule, the data position), so training resumes from the result at its layout. --verify
-loads the source and the result in this layout and checks that the weights are identical and the
-outputs on a fixed batch equal.
+A shim: the tool lives in harness/cli/reshard.py (also the console script `harness-reshard`).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-import time
 from pathlib import Path
 
-from harness.checkpoint import io
-from harness.checkpoint.reshard import (
-    export_safetensors,
-    import_safetensors,
-    load_stage,
-    verify,
-)
-from harness.checkpoint.rundir import RunDirLocked
-from harness.config import ConfigError, from_dict
-from harness.distributed.launch import init_distributed
-from harness.parallel.layout import initialize_layout
-from harness.train.start import hold_run_dir
-
-
-def _layout_for(meta_config: dict, overrides: list[str], source: str):
-    cfg = from_dict(meta_config, source, overrides)
-    return initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.parallel.timeout_s)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--source", help="checkpoint or run directory to convert or export")
-    what.add_argument("--import", dest="import_file", help="safetensors release file to turn into a checkpoint")
-    parser.add_argument("--out", help="run directory to write the converted / imported checkpoint into")
-    parser.add_argument("--export", help="write one safetensors file instead of a checkpoint")
-    parser.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
-    parser.add_argument("--verify", action="store_true", help="load source and result; compare weights and outputs")
-    parser.add_argument("overrides", nargs="*", help="target layout etc., e.g. parallel.tp=2 parallel.pp=2")
-    args = parser.parse_args(argv)
-    init_distributed()
-    lock = None
-    try:
-        if args.import_file:
-            layout = initialize_layout(1, 1)
-            lock = hold_run_dir(Path(args.out), layout)
-            path = import_safetensors(Path(args.import_file), Path(args.out), layout, args.overrides)
-            print(f"wrote {path}")
-            return 0
-        source = io.resolve(args.source)
-        if args.export:
-            start = time.perf_counter()
-            out = export_safetensors(source, Path(args.export), use_ema=not args.raw)
-            print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.2f} s")
-            return 0
-        meta = io.read_meta(source)
-        layout = _layout_for(meta["config"], args.overrides, str(source / "meta.json"))
-        if not args.out:
-            parser.error("--out is required to convert a checkpoint")
-        lock = hold_run_dir(Path(args.out), layout)
-        start = time.perf_counter()
-        stage, state = load_stage(source, layout, args.overrides)
-        result = stage.save(Path(args.out), state)
-        seconds = time.perf_counter() - start
-        if layout.rank == 0:
-            size = sum(f.stat().st_size for f in source.iterdir() if f.is_file())
-            print(f"wrote {result} (tp={layout.tp} pp={layout.pp} dp={layout.dp}) from {source} "
-                  f"({size / 1e6:.1f} MB) in {seconds:.2f} s")
-        if args.verify:
-            verify(source, result, layout, args.overrides)
-    except (ConfigError, io.CheckpointError, RunDirLocked, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if lock is not None:
-            lock.release()
-    return 0
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's harness, installed or not
+from harness.cli.reshard import cli, main  # noqa: E402,F401
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

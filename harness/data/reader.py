@@ -1,4 +1,4 @@
-"""The sharded, resumable reader of a data set written by harness.data.writer (DESIGN.md §4).
+"""The sharded, resumable reader of a data set written by harness.data.writer (format: harness/data/format.py).
 
 The global sample stream is the concatenation of seeded per-epoch permutations of the data set:
 stream position p is sample ``epoch_permutation(N, seed, p // N)[p % N]``. Global batch k is
@@ -37,6 +37,11 @@ class Batch:
     ids: list[str]
     text_emb: torch.Tensor | None  # float16 (B, L, D) when the data set has it
     text_len: torch.Tensor | None  # int64 (B,)
+
+
+def to_model_range(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Stored uint8 images [0, 255] -> float32 in [-1, 1] (on `device`), the range the model trains in."""
+    return images.to(device, torch.float32) / 127.5 - 1.0
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:

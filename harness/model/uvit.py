@@ -1,6 +1,6 @@
 """The two models of greedy growing, written once for every parallel layout.
 
-- ShallowUViT (core pre-training, DESIGN §1): patchify entry convolution straight to the core
+- ShallowUViT (core pre-training): patchify entry convolution straight to the core
   grid, one ResBlock as encoder, the core, one ResBlock as decoder over [core output, long skip],
   unpatchify exit convolution.
 - GrownUViT (growth stages): a convolutional UNet from the target resolution down to the core

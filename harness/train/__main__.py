@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-import warnings
 
+from harness import warnings_filter
 from harness.config import ConfigError, load
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings_filter.install()     # before Megatron is imported: some of its warnings come at import
     parser = argparse.ArgumentParser(prog="harness-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/...)")
@@ -27,9 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # Megatron-core 0.16 calls torch.distributed APIs that torch 2.13 deprecates, once per step.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"megatron")
     # Heavy imports only after the config is known to be good.
     import torch.distributed as dist
 

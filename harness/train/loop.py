@@ -19,7 +19,7 @@ from harness.checkpoint.rundir import RunLock
 from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState
 from harness.config import RunConfig, validate_world
-from harness.data.reader import ShardedReader, rank_positions
+from harness.data.reader import ShardedReader, rank_positions, to_model_range
 from harness.data.text import TextSource
 from harness.distributed.failures import mark_progress
 from harness.distributed.launch import init_distributed, split_mpi_comm
@@ -45,7 +45,7 @@ def microbatches(reader: ShardedReader, text: TextSource, cfg: RunConfig, layout
     """This rank's slice of the next global batch, split into micro-batches."""
     positions = list(rank_positions(reader.consumed_samples, cfg.parallel.global_batch, layout.dp_rank, layout.dp))
     batch = reader.next_batch()
-    x0 = batch.images.to(dev, torch.float32) / 127.5 - 1.0
+    x0 = to_model_range(batch.images, dev)
     captions = text.encode(batch, dev)
     m = cfg.parallel.micro_batch
     return [MicroBatch(x0[i:i + m], captions.select(slice(i, i + m)), positions[i:i + m])
@@ -61,7 +61,7 @@ def write_samples(path: Path, model, ema: EMA, cfg: RunConfig, text: TextSource,
     with ema.applied(model):
         images = sample_captions(model, cfg, layout, text.encode(batch, dev), list(range(len(idx))), seed=cfg.train.seed)
     if layout.rank == 0:
-        real = batch.images.float() / 127.5 - 1.0
+        real = to_model_range(batch.images)
         save_grid(path, [real, images], batch.captions, ["held-out", "sampled"])
 
 

@@ -74,7 +74,14 @@ def test_repository_configs_validate_at_their_world_size(path):
     `# world_size: N` comment documents; tools/check_config.py passes on it (paths not checked)."""
     sizes = re.findall(r"^# world_size: (\d+)$", path.read_text(), re.M)
     assert len(sizes) == 1, f"{path}: needs one '# world_size: N' comment"
-    validate_world(load(path), int(sizes[0]))
+    cfg = load(path)
+    validate_world(cfg, int(sizes[0]))
+    # File names say the stage and, when not the stage's default, the resolution: the loaded config
+    # must agree (core is the Shallow-UViT at 64 px, growth stages a grown UNet above it).
+    stage = next(s for s in ("core", "grow-frozen", "grow-finetune") if path.stem.startswith(s))
+    assert cfg.train.stage == stage and cfg.model.arch == ("shallow" if stage == "core" else "grown"), path
+    px = [int(part) for part in path.stem.split("-") if part.isdigit()]
+    assert cfg.model.resolution_px == (px[0] if px else 64 if stage == "core" else 128), path
     result = subprocess.run([sys.executable, "tools/check_config.py", "--config", str(path), "--world-size", sizes[0],
                              "--skip-paths"], cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.strip().endswith("paths not checked"), result.stderr

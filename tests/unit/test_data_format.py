@@ -14,12 +14,13 @@ from harness.data.format import (
     FORMAT_VERSION,
     Manifest,
     ShardInfo,
+    file_digest,
     file_sha256,
     read_manifest,
     write_manifest,
     write_shard,
 )
-from harness.data.reader import ShardedReader
+from harness.data.reader import ShardedReader, to_model_range
 from harness.data.writer import write_dataset
 
 CAPTIONS = ["a dodo", "Ünïcödé café – naïve façade ✓ 東京", "🦤 emoji", ""]
@@ -176,3 +177,22 @@ def test_write_dataset_from_a_generator(tmp_path):
     as_list = write_dataset(_samples(9), tmp_path / "a", resolution_px=8, samples_per_shard=4, progress=False)
     as_gen = write_dataset(iter(_samples(9)), tmp_path / "b", resolution_px=8, samples_per_shard=4, progress=False)
     assert as_list == as_gen
+
+
+def test_file_digest_matches_hashlib(tmp_path):
+    import hashlib
+
+    path = tmp_path / "blob"
+    data = os.urandom((1 << 22) + 17)    # more than one read block
+    path.write_bytes(data)
+    blocks = []
+    assert file_digest(path, "sha1") == hashlib.sha1(data).hexdigest()
+    assert file_sha256(path, blocks.append) == hashlib.sha256(data).hexdigest()
+    assert sum(blocks) == len(data) and len(blocks) == 2
+
+
+def test_to_model_range_maps_0_255_to_minus1_1():
+    x = to_model_range(torch.tensor([0, 1, 127, 128, 255], dtype=torch.uint8))
+    assert x.dtype == torch.float32
+    expected = torch.tensor([0, 1, 127, 128, 255], dtype=torch.float64) * 2 / 255 - 1
+    assert torch.allclose(x.double(), expected, atol=1e-6) and x[0] == -1 and x[-1] == 1

@@ -42,7 +42,12 @@ def test_v_parameterisation_inverts():
     x0_hat, eps_hat = x0_eps_from_v(z, v, logsnr)
     torch.testing.assert_close(x0_hat, x0)
     torch.testing.assert_close(eps_hat, noise)
-    assert v_loss(v, v).abs().max() == 0.0
+    # Per-sample mean of squared differences, computed in fp32 whatever the input precision.
+    pred = torch.arange(2 * 3 * 2 * 2, dtype=torch.float64).reshape(2, 3, 2, 2)
+    true = pred + torch.tensor([1.0, -2.0], dtype=torch.float64).view(2, 1, 1, 1)
+    true[1, 0, 0, 0] += 3.0                                     # sample 1: one error of 1 instead of -2
+    torch.testing.assert_close(v_loss(pred, true), torch.tensor([1.0, (11 * 4 + 1) / 12]))
+    assert v_loss(pred.bfloat16(), true.bfloat16()).dtype == torch.float32
 
 
 def test_draws_depend_only_on_seed_and_position():

@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from invariants import NEGLIGIBLE, assert_held, max_change, weights
@@ -86,8 +87,11 @@ def test_resume_continues_exactly(core):
     assert meta["step"] == 4 and meta["consumed_samples"] == 32 and meta["stage"] == "core"
     assert meta["config"]["train"]["steps"] == 4 and meta["layout"]["dp"] == 1
     assert meta["precision"] == core["precision"] and meta["loss"] == _losses(root / "core")[-1]
-    for name in ("loss.png", "samples.png"):
-        assert (root / "core" / name).stat().st_size > 1000
+    from PIL import Image
+    for name, size in (("loss.png", (720, 420)), ("samples.png", (100 + 2 * 128, 2 * 128 + 44))):
+        png = Image.open(root / "core" / name)
+        assert png.size == size, name                          # loss: 6 x 3.5 in at 120 dpi; samples: 2 x 2 cells
+        assert np.asarray(png.convert("L")).std() > 1, name    # not a constant image
 
 
 def test_sampling_during_training_leaves_the_run_unchanged(core):
