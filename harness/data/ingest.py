@@ -29,11 +29,31 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.captions import unknown_characters
-from harness.data.filters import DAMAGE, Policy, Report, Skip, check_caption, decode, stored_squares
-from harness.data.format import FORMAT_VERSION, Manifest, ShardInfo, compression_options, write_shard
+from harness.data.filters import (
+    DAMAGE,
+    Policy,
+    Report,
+    Skip,
+    check_caption,
+    decode,
+    stored_squares,
+)
+from harness.data.format import (
+    FORMAT_VERSION,
+    Manifest,
+    ShardInfo,
+    compression_options,
+    write_shard,
+)
 from harness.data.mpi import RankProgress, on_all, on_root, rank_and_size
 from harness.data.sources import BrokenInput, Record, Unit
-from harness.data.writer import finish, journal_read, journal_write, prepare, shard_intact
+from harness.data.writer import (
+    finish,
+    journal_read,
+    journal_write,
+    prepare,
+    shard_intact,
+)
 
 REPORT_FILE = "ingest-report.json"
 
