@@ -5,7 +5,8 @@
     python tools/check_config.py --config configs/tiny/core.yaml --finished      # after the run
 
 Checks, without importing torch: the config loads and validates, its layout fits the world size,
-train.run_dir can be created and written, the data set exists, and where the stage starts from
+train.run_dir can be created and written, the data set exists, a text encoder given as a folder
+(model.text_encoder_path) exists, and where the stage starts from
 (`--source` for tools/grow.py, else run_dir's `latest` or train.init_from) exists. Prints one line
 and exits 0, or prints `error: ...` (one line) and exits 2.
 
@@ -38,6 +39,10 @@ def check(config: str, overrides: list[str], world_size: int | None, source: str
         path = Path(getattr(cfg.data, key))
         if not (path / "manifest.json").is_file():
             raise ConfigError(f"data.{key} {path}: no data set there (no manifest.json)")
+    encoder = cfg.model.text_encoder_path          # a folder; a hub name is looked up when the run starts
+    if cfg.model.text_encoder == "hf" and encoder.startswith(("/", ".", "~")) \
+            and not Path(encoder).expanduser().is_dir():
+        raise ConfigError(f"model.text_encoder_path {encoder}: no such folder")
     if source is not None:
         if not Path(source).exists():
             raise ConfigError(f"--source {source}: no such checkpoint or run directory")

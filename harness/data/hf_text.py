@@ -125,11 +125,15 @@ class HFTextEncoder:
 
             hf_logging.disable_progress_bar()
             cls = getattr(transformers, FAMILIES.get(self.model_type, "AutoModel"))
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()      # a whole CLIP checkpoint: its unused vision weights are listed
             try:
                 model = cls.from_pretrained(self.folder, dtype=encoder_dtype(), local_files_only=True)
             except (OSError, ValueError) as e:
                 raise TextEncoderError(f"{self.folder}: cannot load the weights ({' '.join(str(e).split())[:200]})") \
                     from None
+            finally:
+                hf_logging.set_verbosity(verbosity)
             self._model = model.eval().requires_grad_(False)
         return self._model.to(device)
 

