@@ -6,8 +6,8 @@ RoBERTa, MPNet, ...).
 An encoder is known by its identity: `name` (the hub name, or the folder's name), `revision` (a
 fingerprint of its files: the name, size, first and last MiB of each top-level file, so a 10 GB
 T5-XXL is fingerprinted in milliseconds and the same files give the same revision wherever they
-are) and `dim` (the width of its token states). Checkpoints record it in their config (meta.json)
-and data sets with precomputed embeddings in their manifest; a mismatch is a one-line error.
+are) and `dim` (the width of its token states). Checkpoints record it (meta.json `text_encoder`) and
+data sets with precomputed embeddings in their manifest; a mismatch is a one-line error.
 
 The weights load on first use (precomputed embeddings never need them), frozen, in bf16 where the
 device computes it natively (harness.parallel.layout.native_bf16), else fp32. Token states are
