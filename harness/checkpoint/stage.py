@@ -77,7 +77,8 @@ class TrainingStage:
     def restore(self, ckpt: Path) -> TrainState:
         """Load a complete training state: weights, EMA, optimizer (with its main copies), schedule.
         With optim.override_schedule the learning rates are this config's, not the checkpoint's."""
-        state = checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler)
+        state = checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler,
+                                      text_encoder=self._text_encoder())
         if self.cfg.optim.override_schedule:
             override_learning_rates(self.optimizer, self.scheduler, self.cfg)
         return state
@@ -86,7 +87,7 @@ class TrainingStage:
         """Start from another checkpoint's weights and EMA, with this stage's fresh optimizer and
         schedule; returns a step-0 state whose lineage ends with that checkpoint."""
         loaded = checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler,
-                                       with_optimizer=False)
+                                       with_optimizer=False, text_encoder=self._text_encoder())
         self._weights_changed()
         return TrainState(lineage=loaded.lineage + [{"checkpoint": str(Path(ckpt).resolve()), "step": loaded.step,
                                                       "stage": io.read_meta(ckpt)["stage"]}])
@@ -110,4 +111,7 @@ class TrainingStage:
         (`protect`: checkpoints that pruning must keep; `background`: an AsyncCallsQueue)."""
         return checkpointing.save(run_dir, self.cfg, self.layout, state, self.model, self.ema, self.optimizer,
                                   self.scheduler, self.frozen, self.text.files() if self.text else {}, protect,
-                                  background)
+                                  background, self._text_encoder())
+
+    def _text_encoder(self) -> dict | None:
+        return self.text.identity if self.text else None

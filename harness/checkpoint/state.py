@@ -52,17 +52,17 @@ def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
 
 def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema, optimizer,
          scheduler, frozen: list[str], files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
-         background=None) -> Path:
+         background=None, text_encoder: dict | None = None) -> Path:
     """Collectively write a complete training checkpoint of this step (in the background with an
     AsyncCallsQueue); non-finite weights or EMA are never written (CheckpointError naming the step
-    and tensor)."""
+    and tensor). `text_encoder`: the frozen encoder's {name, revision, dim} (model.text_encoder=hf)."""
     _check_finite(state.step, model, ema)
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
         "config": to_dict(cfg), "layout": {k: v for k, v in layout.describe().items() if not k.endswith("rank")},
         "scheduler": scheduler.state_dict(), "frozen": frozen, "lineage": state.lineage, "loss": state.loss,
         "precision": precision(cfg), "run_id": state.run_id, "skipped_steps": state.skipped_steps,
-        "complete": state.complete,
+        "complete": state.complete, "text_encoder": text_encoder,
     }
     return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints,
                    files=files, protect=protect, background=background)
@@ -82,9 +82,23 @@ def _check_finite(step: int, model, ema) -> None:
                                  "the last good checkpoint stays `latest`")
 
 
-def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer: bool = True) -> TrainState:
-    """Load a checkpoint into this rank's model (and EMA, optimizer, schedule); return its TrainState."""
+def check_text_encoder(ckpt_dir: str | Path, meta: dict, found: dict | None) -> None:
+    """Raise CheckpointError (one line naming the checkpoint and both encoders) if the checkpoint
+    was trained with another frozen text encoder than `found` (name, revision or width)."""
+    recorded = meta.get("text_encoder")
+    if recorded and found and recorded != found:
+        show = lambda e: f"{e['name']} (revision {e['revision']}, {e['dim']}-d)"  # noqa: E731
+        raise io.CheckpointError(f"{ckpt_dir}: trained with text encoder {show(recorded)}, but "
+                                 f"model.text_encoder_path gives {show(found)}; point it at the encoder the "
+                                 "checkpoint was trained with")
+
+
+def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer: bool = True,
+            text_encoder: dict | None = None) -> TrainState:
+    """Load a checkpoint into this rank's model (and EMA, optimizer, schedule); return its TrainState.
+    `text_encoder`: this run's frozen encoder, refused if the checkpoint records another."""
     meta = io.read_meta(ckpt_dir)
+    check_text_encoder(ckpt_dir, meta, text_encoder)
     families = ("model.", "ema.") + (("optimizer.",) if with_optimizer else ())
     request = _sharded(model, ema, optimizer if with_optimizer else None, is_loading=True)
     loaded = io.load(ckpt_dir, request, families)
@@ -101,9 +115,11 @@ def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer:
                       complete=meta.get("complete", False))
 
 
-def load_weights(ckpt_dir: Path, model, *, use_ema: bool = True) -> dict:
-    """Load a checkpoint's EMA (or raw) weights into this rank's stage for inference; returns meta.json."""
+def load_weights(ckpt_dir: Path, model, *, use_ema: bool = True, text_encoder: dict | None = None) -> dict:
+    """Load a checkpoint's EMA (or raw) weights into this rank's stage for inference; returns meta.json.
+    `text_encoder`: the frozen encoder in use, refused if the checkpoint records another."""
     meta = io.read_meta(ckpt_dir)
+    check_text_encoder(ckpt_dir, meta, text_encoder)
     family = "ema." if use_ema else "model."
     base = model_sharded_state_dict(model)
     fp32 = {k: torch.empty_like(sh.data, dtype=torch.float32) for k, sh in base.items()}  # EMA is stored in fp32

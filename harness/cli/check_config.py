@@ -7,7 +7,8 @@
 
 Checks, without importing torch: the config loads and validates, its layout fits the world size,
 train.run_dir can be created and written, the data set exists and is stored at a resolution the
-model can read (at or above model.resolution_px, a multiple of it), and where the stage starts from
+model can read (at or above model.resolution_px, a multiple of it), a text encoder given as a folder
+(model.text_encoder_path) exists, and where the stage starts from
 (`--source` for tools/grow.py, else run_dir's `latest` or train.init_from) exists. `--skip-paths`
 leaves out the checks of paths (run_dir, data, source), for checking a cluster's configs elsewhere.
 Prints one line and exits 0, or prints `error: ...` (one line) and exits 2.
@@ -45,6 +46,10 @@ def check(config: str, overrides: list[str], world_size: int | None, source: str
         raise ConfigError(f"train.run_dir {run_dir}: not writable ({why})")
     for key in ("path", "heldout_path"):
         _check_data(Path(getattr(cfg.data, key)), f"data.{key}", cfg.model.resolution_px)
+    encoder = cfg.model.text_encoder_path          # a folder; a hub name is looked up when the run starts
+    if cfg.model.text_encoder == "hf" and encoder.startswith(("/", ".", "~")) \
+            and not Path(encoder).expanduser().is_dir():
+        raise ConfigError(f"model.text_encoder_path {encoder}: no such folder")
     if source is not None:
         if not Path(source).exists():
             raise ConfigError(f"--source {source}: no such checkpoint or run directory")

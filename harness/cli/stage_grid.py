@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The console script `harness-stage-grid` (setup.cfg) and `python tools/stage_grid.py`."""
-    torch.set_grad_enabled(False)
-    raise SystemExit(main())
+    with torch.no_grad():
+        raise SystemExit(main())
 
 
 if __name__ == "__main__":

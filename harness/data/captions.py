@@ -8,7 +8,7 @@ special tokens included), such as harness.data.tokenizer.Tokenizer.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import emoji
@@ -70,11 +70,7 @@ def truncation_rate(root: str | Path, tokenizer, text_max_len: int, *, sample: i
     if len(captions) > sample:
         pick = np.random.default_rng(seed).choice(len(captions), sample, replace=False)
         captions = [captions[i] for i in pick]
-    return _rate(tokenizer.token_counts(captions), text_max_len)
-
-
-def _rate(counts: Sequence[int], text_max_len: int) -> float:
-    return float(np.mean(np.asarray(counts) > text_max_len)) if len(counts) else 0.0
+    return float(np.mean(np.asarray(tokenizer.token_counts(captions)) > text_max_len)) if captions else 0.0
 
 
 def truncation_warning(root: str | Path, rate: float, text_max_len: int,

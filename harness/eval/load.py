@@ -35,6 +35,6 @@ def load_for_inference(path: str | Path, overrides: list[str] = (), *, use_ema: 
     layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed)
     text = TextSource(cfg, bundled_tokenizer(ckpt))
     model = build_stage(cfg, layout, vocab_size=text.vocab_size, text_dim=text.text_dim, device=device())
-    load_weights(ckpt, model, use_ema=use_ema)
+    load_weights(ckpt, model, use_ema=use_ema, text_encoder=text.identity)
     model.eval()
     return Loaded(model, cfg, text, layout, meta, ckpt)

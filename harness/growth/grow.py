@@ -19,7 +19,7 @@ from megatron.core import dist_checkpointing
 from harness.checkpoint import io
 from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
 from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
-from harness.checkpoint.state import TrainState
+from harness.checkpoint.state import TrainState, check_text_encoder
 from harness.config import RunConfig
 from harness.growth.rules import GrowthPlan, plan_growth, rule_for
 from harness.parallel.layout import Layout
@@ -49,6 +49,7 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
     carried = rule_for(src_arch, cfg.model.arch).carried(source_shapes)
     stage = TrainingStage.build(cfg, layout, frozen=carried if cfg.train.stage == "grow-frozen" else [],
                                 tokenizer=bundled_tokenizer(src))
+    check_text_encoder(src, src_meta, stage.text.identity)
     base = model_sharded_state_dict(stage.model)
     plan = plan_growth(source_shapes, _all_shapes({k: tuple(sh.global_shape) for k, sh in base.items()}),
                        src_arch, cfg.model.arch, src_meta["config"]["model"]["resolution_px"], cfg.model.resolution_px)

@@ -1,8 +1,8 @@
 """Text and time conditioning: what the core cross-attends to and what modulates every block.
 
-Both the learned text encoder (SentencePiece tokens -> small transformer) and precomputed frozen
-embeddings (a T5 or MiniLM run offline into the shards) end in the same projection to the core
-width. These modules are kept when the model grows.
+Both the learned text encoder (SentencePiece tokens -> small transformer) and a frozen encoder's
+states (a T5, CLIP or MiniLM, precomputed into the shards or run on the fly: harness/data/hf_text.py)
+end in the same projection to the core width. These modules are kept when the model grows.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Conditioning(nn.Module):
             feats = self.text(text.tokens, valid)
         else:
             if text.emb is None:
-                raise ValueError("model.text_encoder=precomputed needs text_emb in the shards, got tokens")
+                raise ValueError("model.text_encoder=precomputed or hf needs a frozen encoder's states, got tokens")
             feats = text.emb.to(self.null_text.dtype)
         if text.drop is not None:
             # The null caption: one learned token, everything else masked out.

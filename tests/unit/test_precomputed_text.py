@@ -2,6 +2,7 @@
 and the model trains on them (model.text_encoder=precomputed) instead of the learned text transformer."""
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -23,10 +24,12 @@ def test_embed_captions_then_train(world, tiny_data, tmp_path):
     for split in ("train", "heldout"):
         shutil.copytree(tiny_data / split, tmp_path / split)
         result = subprocess.run([sys.executable, "tools/embed_captions.py", "--data", str(tmp_path / split),
-                                 "--max-len", "8"], cwd=REPO, capture_output=True, text=True)
+                                 "--max-len", "8"], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})      # this tree's harness
         assert result.returncode == 0, result.stderr
     manifest = read_manifest(tmp_path / "train")
-    assert manifest.text_embedding == {"model": "all-MiniLM-L6-v2", "dim": 384, "max_len": 8}
+    spec = dict(manifest.text_embedding)
+    assert spec.pop("revision").startswith("sha256:") and spec == {"model": "all-MiniLM-L6-v2", "dim": 384, "max_len": 8}
     with ShardedReader(tmp_path / "train", resolution_px=64, global_batch=4) as reader:   # checksums verified
         batch = reader.next_batch()
     assert batch.text_emb.shape == (4, 8, 384) and (batch.text_len >= 1).all()
