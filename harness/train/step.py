@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import (
     gather_from_sequence_parallel_region,
@@ -28,6 +29,7 @@ from harness.diffusion.schedule import Schedule
 from harness.model.conditioning import TextInput
 from harness.parallel.layout import Layout
 from harness.parallel.pipeline import PackSpec, pack, unpack
+from harness.train.measure import ComputeTimer
 
 
 @dataclass
@@ -54,6 +56,14 @@ class StepRunner:
         self.schedule = Schedule(cfg.model.resolution_px, cfg.diffusion.base_resolution_px,
                                  cfg.diffusion.logsnr_min, cfg.diffusion.logsnr_max)
         self.forward_backward = get_forward_backward_func()
+        # The schedule calls this after the last micro-batch's backward: the data-parallel gradient
+        # reduction. Each step's compute is timed up to it (the wait there for peers left out).
+        self.timer = ComputeTimer(self.device.type == "cuda")
+        ddp.module.config.finalize_model_grads_func = self._reduce_grads
+
+    def _reduce_grads(self, *args, **kwargs):
+        self.timer.stop()
+        return finalize_model_grads(*args, **kwargs)
 
     def forward_step(self, data_iterator, model):
         """Megatron's forward_step_func: this stage's part of the model on the next micro-batch."""
@@ -81,6 +91,7 @@ class StepRunner:
     def accumulate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
         """Forward and backward over this rank's micro-batches; gradients end up data-parallel reduced
         in each parameter's `main_grad`. Returns the global batch's mean loss (on every rank)."""
+        self.timer.start()
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
         losses = self.forward_backward(
