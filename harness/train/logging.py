@@ -29,6 +29,10 @@ class StepLogger:
         self.window: list[dict] = []
         self.notes: dict = {}
 
+    def begin(self) -> None:
+        """The first step is about to run: the first window's rates leave the start-up out."""
+        self.window_start = time.perf_counter()
+
     def note(self, fields: dict) -> None:
         """Fields the next logged line carries (once)."""
         self.notes.update(fields)

@@ -192,7 +192,7 @@ def _assemble(cfg, info, layout, run_dir, lock, signals) -> Run:
                            on_corrupt=d.on_corrupt, max_corrupt=d.max_corrupt) if needs_data else None
     runner = StepRunner(stage.ddp, stage.optimizer, stage.scheduler, cfg, layout, pack_spec(stage.model, cfg))
     sinks = MetricSinks(run_dir, cfg, start_step=state.step, enabled=layout.rank == 0)
-    logger = StepLogger(sinks, StepMeter(cfg, layout, device(), runner.timer), total_steps=cfg.train.steps,
+    logger = StepLogger(sinks, StepMeter(cfg, layout, device(), runner), total_steps=cfg.train.steps,
                         global_batch=cfg.parallel.global_batch, time_limit_s=cfg.train.time_limit_minutes * 60)
     continuity = None
     if start.checkpoint is not None:
@@ -218,14 +218,16 @@ def run(r: Run) -> Outcome:
     began = time.perf_counter()
     mark_progress(state.step)
     overlapped = r.cfg.parallel.overlap_param_gather
+    r.logger.begin()
     while True:
         # With an overlapped parameter gather the last update's weights are complete only once the
         # next forward has gathered them: the EMA folds them in there (before this update).
         fetch = time.perf_counter()
         batches = r.next_microbatches()
         data_s = time.perf_counter() - fetch
+        r.logger.meter.count(batches, r.num_micro)
         r.profiler.before(state.step + 1)
-        metrics = r.logger.meter.step(lambda: r.runner.train_step(batches, r.num_micro, before_update=r.catch_up_ema))
+        metrics = r.runner.train_step(batches, r.num_micro, before_update=r.catch_up_ema)
         _count_skips(r, metrics["skipped"])
         if not metrics["skipped"]:
             r.ema_due = state.step

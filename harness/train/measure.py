@@ -1,10 +1,11 @@
 """What a logging window measures beyond the loss: FLOPs against the device's peak, memory, the time
 spent waiting for data and each rank's compute time (stragglers).
 
-FLOPs are counted once, by torch's FlopCounterMode around this process's first real training step
-(every micro-batch's forward and backward on this rank, recomputation included), and averaged over
-the ranks. The counter only observes the step's operations: the weights, the RNG streams and the
-losses are those of a run without it (tests/unit/test_metrics.py).
+FLOPs are counted once, before the first step, by torch's FlopCounterMode over a forward and backward
+of its first micro-batch on each rank (recomputation included), times the micro-batches of a step,
+averaged over the ranks. That pass runs apart from training (a pass under the counter is not always
+bit-identical to one without it): the RNG streams are restored and the gradients cleared, and a
+run's losses and weights are those of a run that never counted (tests/unit/test_metrics.py).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from harness.config import RunConfig
-from harness.eval.flops import count_flops, matmul_tflops
+from harness.eval.flops import matmul_tflops
 from harness.parallel.layout import Layout, precision
+
+if TYPE_CHECKING:
+    from harness.train.step import StepRunner
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STRAGGLER_RATIO = 1.2     # a rank this much slower than the median is named
@@ -74,34 +78,34 @@ def peak_memory_gib(dev: torch.device) -> float:
 class StepMeter:
     """FLOPs per step, the peak rate they are stated against, and each window's per-rank times."""
 
-    def __init__(self, cfg: RunConfig, layout: Layout, dev: torch.device, timer: ComputeTimer):
-        self.layout, self.dev, self.timer = layout, dev, timer
-        self.flops_per_step: float | None = None        # mean over ranks, once the first step ran
+    def __init__(self, cfg: RunConfig, layout: Layout, dev: torch.device, runner: StepRunner):
+        self.layout, self.dev, self.runner = layout, dev, runner
+        self.flops_per_step: float | None = None        # mean over ranks, once counted
         self.peak_tflops = cfg.train.peak_tflops
         if not self.peak_tflops and layout.rank == 0:   # only rank 0 reports MFU
             on_cuda = dev.type == "cuda"
             self.peak_tflops = matmul_tflops(PRECISIONS[precision(cfg)], n=8192 if on_cuda else 1024,
                                              seconds=0.5, device=dev)
 
-    def step(self, fn: Callable[[], dict]) -> dict:
-        """Run one training step; the first one under the FLOP counter (then a collective sum)."""
-        if self.flops_per_step is not None:
-            return fn()
-        out = {}
-        flops = torch.tensor([float(count_flops(lambda: out.update(fn())))], dtype=torch.float64, device=self.dev)
-        dist.all_reduce(flops)
-        self.flops_per_step = flops.item() / self.layout.world
-        return out
+    def count(self, microbatches: list | None, num_micro: int) -> None:
+        """Count the FLOPs per step once, on the first step's batches (collective)."""
+        if self.flops_per_step is None:
+            local = self.runner.count_microbatch_flops(microbatches) * num_micro
+            self.flops_per_step = sum(self._gather(float(local))) / self.layout.world
+
+    def _gather(self, value: float) -> list[float]:
+        local = torch.tensor([value], dtype=torch.float64, device=self.dev)
+        gathered = [torch.empty_like(local) for _ in range(self.layout.world)]
+        dist.all_gather(gathered, local)
+        return [t.item() for t in gathered]
 
     def window(self, seconds_per_step: float) -> dict:
         """The window's throughput and memory fields, and the min and max over ranks of the mean
         compute time per step (an all-gather of one float per rank: every rank calls this)."""
-        local = torch.tensor([self.timer.take()], dtype=torch.float64, device=self.dev)
-        gathered = [torch.empty_like(local) for _ in range(self.layout.world)]
-        dist.all_gather(gathered, local)
-        times = [t.item() for t in gathered]
-        tflops = (self.flops_per_step or 0.0) / seconds_per_step / 1e12
-        fields = {"tflop_per_step": (self.flops_per_step or 0.0) / 1e12, "tflops": tflops,
+        times = self._gather(self.runner.timer.take())
+        flops = self.flops_per_step or 0.0
+        tflops = flops / seconds_per_step / 1e12
+        fields = {"tflop_per_step": flops / 1e12, "tflops": tflops,
                   "mfu": tflops / self.peak_tflops if self.peak_tflops else float("nan"),
                   "peak_mem_gib": peak_memory_gib(self.dev),
                   "rank_step_s_min": min(times), "rank_step_s_max": max(times),

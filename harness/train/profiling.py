@@ -58,6 +58,6 @@ class ProfileWindow:
             torch.cuda.memory._dump_snapshot(str(self.dir / f"memory_rank{self.rank}.pickle"))
             torch.cuda.memory._record_memory_history(enabled=None)
         steps = f"{self.profiled[0]}-{self.profiled[-1]}" if self.profiled else "none"
-        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
+        sort = "self_device_time_total" if self.cuda else "self_cpu_time_total"
         print(f"rank {self.rank}: profile of steps {steps} written to {self.dir}\n"
               f"{prof.key_averages().table(sort_by=sort, row_limit=15)}", flush=True)

@@ -8,7 +8,7 @@ import time
 from harness.train.__main__ import main
 from harness.train.step import StepRunner
 
-SLEEP_S = 1.0
+SLEEP_S = 2.0
 
 
 def slow_down() -> None:

@@ -6,11 +6,13 @@ import io
 import json
 
 import pytest
+
+from invariants import max_change, weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harness.config import ConfigError, load, profile_window
-from harness.train import measure
 from harness.train.loop import train
+from harness.train.step import StepRunner
 
 STEPS = 4
 FIELDS = ("loss", "lr", "grad_norm", "images_per_s", "tflops", "mfu", "data_wait_frac", "peak_mem_gib",
@@ -20,7 +22,7 @@ FIELDS = ("loss", "lr", "grad_norm", "images_per_s", "tflops", "mfu", "data_wait
 def _args(tiny_data, run_dir, *extra):
     return [f"data.path={tiny_data / 'train'}", f"data.heldout_path={tiny_data / 'heldout'}", f"train.run_dir={run_dir}",
             "model.size=tiny", "parallel.global_batch=8", "parallel.micro_batch=4", "train.num_samples=2",
-            "diffusion.sample_steps=2", "optim.warmup_steps=2", "train.matmul_precision=highest",
+            "diffusion.sample_steps=2", "optim.warmup_steps=0", "train.matmul_precision=highest",
             f"train.steps={STEPS}", "train.log_every_steps=2", "train.ckpt_every_steps=2", "train.sample_every_steps=2",
             *extra]
 
@@ -32,13 +34,14 @@ def _log(run_dir) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(world, tiny_data, tmp_path_factory):
     """The same run with every measurement on (TensorBoard, FLOP counting, measured peak, a profiler
-    window over steps 2-3) and with them off (FLOPs not counted, no TensorBoard, no profile)."""
+    window over steps 2-3) and with them off (FLOPs not counted, no TensorBoard, no profile). No
+    warm-up: the counted first step updates the weights."""
     on, off = tmp_path_factory.mktemp("metrics_on"), tmp_path_factory.mktemp("metrics_off")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         train(load(None, _args(tiny_data, on / "run", "train.profile_steps=2:4")))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(measure, "count_flops", lambda fn: fn() or 0)       # the step, not under the counter
+        mp.setattr(StepRunner, "count_microbatch_flops", lambda self, microbatches: 0)
         train(load(None, _args(tiny_data, off / "run", "train.tensorboard=false", "train.peak_tflops=1")))
     return on / "run", off / "run", printed.getvalue()
 
@@ -46,6 +49,7 @@ def runs(world, tiny_data, tmp_path_factory):
 def test_losses_are_identical_with_and_without_metrics(runs):
     on, off, _ = runs
     assert [x["loss"] for x in _log(on)] == [x["loss"] for x in _log(off)]
+    assert max_change(weights(on), weights(off)) == 0
     assert not (off / "tensorboard").exists() and not (off / "profile").exists()
 
 
