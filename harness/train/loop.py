@@ -222,11 +222,11 @@ def run(r: Run) -> Outcome:
     while True:
         # With an overlapped parameter gather the last update's weights are complete only once the
         # next forward has gathered them: the EMA folds them in there (before this update).
+        r.profiler.before(state.step + 1)
         fetch = time.perf_counter()
         batches = r.next_microbatches()
         data_s = time.perf_counter() - fetch
         r.logger.meter.count(batches, r.num_micro)
-        r.profiler.before(state.step + 1)
         metrics = r.runner.train_step(batches, r.num_micro, before_update=r.catch_up_ema)
         _count_skips(r, metrics["skipped"])
         if not metrics["skipped"]:

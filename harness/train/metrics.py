@@ -56,7 +56,8 @@ class MetricSinks:
             from torch.utils.tensorboard import SummaryWriter
 
             # A resumed run logs again the steps after its checkpoint: TensorBoard hides the old ones.
-            self.tensorboard = SummaryWriter(self.run_dir / "tensorboard", purge_step=start_step + 1 if start_step else None)
+            self.tensorboard = SummaryWriter(self.run_dir / "tensorboard",
+                                             purge_step=start_step + 1 if start_step else None)
         if enabled and cfg.train.wandb_project:
             import wandb
 

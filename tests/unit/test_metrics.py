@@ -6,7 +6,6 @@ import io
 import json
 
 import pytest
-
 from invariants import max_change, weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -20,8 +19,8 @@ FIELDS = ("loss", "lr", "grad_norm", "images_per_s", "tflops", "mfu", "data_wait
 
 
 def _args(tiny_data, run_dir, *extra):
-    return [f"data.path={tiny_data / 'train'}", f"data.heldout_path={tiny_data / 'heldout'}", f"train.run_dir={run_dir}",
-            "model.size=tiny", "parallel.global_batch=8", "parallel.micro_batch=4", "train.num_samples=2",
+    return [f"data.path={tiny_data / 'train'}", f"data.heldout_path={tiny_data / 'heldout'}",
+            f"train.run_dir={run_dir}", "model.size=tiny", "parallel.global_batch=8", "parallel.micro_batch=4", "train.num_samples=2",
             "diffusion.sample_steps=2", "optim.warmup_steps=0", "train.matmul_precision=highest",
             f"train.steps={STEPS}", "train.log_every_steps=2", "train.ckpt_every_steps=2", "train.sample_every_steps=2",
             *extra]
