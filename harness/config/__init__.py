@@ -18,8 +18,8 @@ from harness.config.schema import (
     RunConfig,
     TrainConfig,
 )
-from harness.config.validation import RANGES, validate, validate_world
+from harness.config.validation import RANGES, profile_window, validate, validate_world
 
 __all__ = ["STAGES", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
-           "RANGES", "RunConfig", "TrainConfig", "from_dict", "load", "parse_override", "to_dict", "validate",
-           "validate_world"]
+           "RANGES", "RunConfig", "TrainConfig", "from_dict", "load", "parse_override", "profile_window", "to_dict",
+           "validate", "validate_world"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 
@@ -11,6 +12,18 @@ import yaml
 
 from harness.config.schema import ConfigError, RunConfig
 from harness.config.validation import validate
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers (YAML 1.2 dropped them): `2:4` stays
+    the string train.profile_steps wants instead of the integer 124."""
+
+
+_BASE_60 = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, re.compile(r"(?!.*:)" + regexp.pattern, regexp.flags) if tag in _BASE_60 else regexp)
+            for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _check_type(key: str, value, annotation):
@@ -62,7 +75,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"{path}: `base:` cycle through {', '.join(map(str, seen))}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), _Loader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
@@ -91,7 +104,7 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, _Loader) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     out: dict = {}

@@ -187,6 +187,21 @@ class TrainConfig:
     continuity_samples: int = 64
     """Samples on which a stage started from a checkpoint scores the loaded weights before its first
     step, logged next to the source's last loss (0: no check)."""
+    tensorboard: bool = True
+    """Also write each logged line (and the sample grids) as TensorBoard events under
+    run_dir/tensorboard: `tensorboard --logdir RUN_DIR`."""
+    wandb_project: str = ""
+    """Also log to this Weights & Biases project (the optional extra `wandb`), offline unless the
+    environment's WANDB_MODE says otherwise; empty: off."""
+    peak_tflops: float = 0.0
+    """One device's peak TFLOP/s, the denominator of the logged MFU; 0: the matmul rate of the run's
+    precision, measured once at start-up."""
+    profile_steps: str = ""
+    """`A:B`: run torch.profiler over steps A to B-1 on profile_ranks, write run_dir/profile/ (a
+    TensorBoard trace, trace_rank{r}.json for chrome://tracing, on CUDA memory_rank{r}.pickle) and
+    print the top operators; empty: off."""
+    profile_ranks: list[int] = field(default_factory=lambda: [0])
+    """Global ranks that profile during profile_steps."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from harness.config.schema import STAGES, ConfigError, RunConfig
 from harness.config.sizes import MODEL_SIZES
@@ -30,8 +31,19 @@ RANGES = {
     "parallel.bucket_size": ">= 0",
     "train.steps": ">= 1", "train.time_limit_minutes": ">= 0", "train.seed": ">= 0", "train.log_every_steps": ">= 1",
     "train.sample_every_steps": ">= 0", "train.ckpt_every_steps": ">= 1", "train.keep_checkpoints": ">= 1",
-    "train.num_samples": ">= 1", "train.continuity_samples": ">= 0",
+    "train.num_samples": ">= 1", "train.continuity_samples": ">= 0", "train.peak_tflops": ">= 0",
+    "train.profile_ranks": ">= 0",
 }
+
+
+def profile_window(spec: str) -> tuple[int, int] | None:
+    """train.profile_steps `A:B` as (A, B): steps A to B-1 are profiled (None: empty, no profile)."""
+    if not spec.strip():
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
+    if not match or not 1 <= int(match[1]) < int(match[2]):
+        raise ConfigError(f"train.profile_steps must be A:B with 1 <= A < B (steps A to B-1), got {spec!r}")
+    return int(match[1]), int(match[2])
 
 
 def _in_range(value: float, spec: str) -> bool:
@@ -100,6 +112,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
              "grow-* stages the grown one)")
     _require(t.precision in ("fp32", "bf16", "auto"), source, "train.precision",
              f"must be fp32, bf16 or auto, got {t.precision!r}")
+    try:
+        profile_window(t.profile_steps)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     _require(t.matmul_precision in ("highest", "high", "medium"), source, "train.matmul_precision",
              f"must be highest, high or medium, got {t.matmul_precision!r}")
     size = MODEL_SIZES[m.size]
@@ -118,4 +134,7 @@ def validate_world(cfg: RunConfig, world_size: int) -> int:
     if p.global_batch % (p.micro_batch * dp):
         raise ConfigError(f"parallel.global_batch ({p.global_batch}) must be a multiple of "
                           f"parallel.micro_batch * dp = {p.micro_batch} * {dp}")
+    ranks = [r for r in cfg.train.profile_ranks if r >= world_size]
+    if cfg.train.profile_steps and ranks:
+        raise ConfigError(f"train.profile_ranks: no rank {ranks[0]} in a world of {world_size}")
     return dp

@@ -4,11 +4,7 @@ optimizer and the learning-rate schedule. The model's math knows none of this.""
 from __future__ import annotations
 
 import torch
-from megatron.core.distributed import (
-    DistributedDataParallel,
-    DistributedDataParallelConfig,
-    finalize_model_grads,
-)
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -34,8 +30,8 @@ def wrap_ddp(model: UViT, cfg: RunConfig) -> DistributedDataParallel:
         use_distributed_optimizer=p.distributed_optimizer, check_for_nan_in_grad=False)
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     ddp.broadcast_params()
-    # The schedules call these: DP gradient all-reduce after the last micro-batch, no sync before.
-    model.config.finalize_model_grads_func = finalize_model_grads
+    # The schedules call this: no gradient sync before the last micro-batch (its reduction,
+    # finalize_model_grads, is hooked in by harness/train/step.py's StepRunner).
     model.config.no_sync_func = ddp.no_sync
     return ddp
 

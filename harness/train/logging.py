@@ -1,4 +1,5 @@
-"""Step logs (console line + JSONL) with images/s and ETA, and the loss-curve PNG."""
+"""Step logs: each logging window's averages and measurements (harness/train/metrics.py says where
+they go), and the loss-curve PNG."""
 
 from __future__ import annotations
 
@@ -9,32 +10,36 @@ from pathlib import Path
 
 import matplotlib
 
+from harness.train.measure import StepMeter, straggler
+from harness.train.metrics import MetricSinks
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class StepLogger:
-    """Averages metrics over a logging window; rank 0 prints and appends to run_dir/log.jsonl."""
+    """Averages metrics over a logging window and measures its throughput (every rank: the window's
+    measurements are collective); rank 0's `sinks` print and store the line."""
 
-    def __init__(self, run_dir: Path, *, total_steps: int, global_batch: int, time_limit_s: float, enabled: bool):
-        self.path = Path(run_dir) / "log.jsonl"
+    def __init__(self, sinks: MetricSinks, meter: StepMeter, *, total_steps: int, global_batch: int,
+                 time_limit_s: float):
+        self.sinks, self.meter = sinks, meter
         self.total_steps, self.global_batch, self.time_limit_s = total_steps, global_batch, time_limit_s
-        self.enabled = enabled
         self.start = self.window_start = time.perf_counter()
         self.window: list[dict] = []
         self.notes: dict = {}
+
+    def begin(self) -> None:
+        """The first step is about to run: the first window's rates leave the start-up out."""
+        self.window_start = time.perf_counter()
 
     def note(self, fields: dict) -> None:
         """Fields the next logged line carries (once)."""
         self.notes.update(fields)
 
     def record(self, step: int, metrics: dict, every: int) -> float | None:
-        """Add one step's metrics; print and write a line every `every` steps, returning its mean loss."""
+        """Add one step's metrics (with `data_s`, its wait for data); every `every` steps log a line,
+        returning its mean loss."""
         self.window.append(metrics)
         if step % every and step != self.total_steps:
             return None
@@ -46,18 +51,19 @@ class StepLogger:
         if self.time_limit_s:
             remaining = min(remaining, max(self.time_limit_s - elapsed, 0.0))
         finite = [m["loss"] for m in self.window if math.isfinite(m["loss"])]    # skipped steps aside
+        measured = self.meter.window(per_step)
         line = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan"),
                 "grad_norm": self.window[-1]["grad_norm"], "lr": self.window[-1]["lr"],
                 "images_per_s": self.global_batch / per_step, "elapsed_s": round(elapsed, 2),
-                "skipped_steps": self.window[-1].get("skipped_steps", 0), **self.notes}
+                "skipped_steps": self.window[-1].get("skipped_steps", 0), "step_s": per_step,
+                "eta_s": round(remaining, 2),
+                "data_wait_frac": sum(m["data_s"] for m in self.window) / (now - self.window_start),
+                **measured, **self.notes}
         self.window, self.window_start, self.notes = [], now, {}
-        if not self.enabled:
-            return line["loss"]
-        print(f"step {step:>6}/{self.total_steps}  loss {line['loss']:.4f}  lr {line['lr']:.2e}  "
-              f"gnorm {line['grad_norm']:.3f}  {line['images_per_s']:.1f} img/s  "
-              f"elapsed {_duration(elapsed)}  eta {_duration(remaining)}", flush=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        self.sinks.window(line)
+        slow = straggler(measured)
+        if slow:
+            self.sinks.message(f"step {step}: {slow}")
         return line["loss"]
 
 

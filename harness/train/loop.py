@@ -31,6 +31,9 @@ from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import pack_spec
 from harness.train.continuity import Continuity
 from harness.train.logging import StepLogger, plot_loss_curve
+from harness.train.measure import StepMeter
+from harness.train.metrics import MetricSinks
+from harness.train.profiling import ProfileWindow
 from harness.train.signals import StopSignals, requeue_slurm_job
 from harness.train.start import hold_run_dir, load_start, start_candidate
 from harness.train.step import MicroBatch, StepRunner
@@ -89,6 +92,7 @@ class Run:
     reader: ShardedReader | None
     runner: StepRunner
     logger: StepLogger
+    profiler: ProfileWindow
     continuity: Continuity | None
     protect: tuple[Path, ...] = ()
     checkpoint: Path | None = None
@@ -125,7 +129,9 @@ class Run:
         self.finish_saves(blocking=True)                # one save in flight at a time keeps them ordered
         self.state.complete = complete(stop, self.cfg.train)
         self.checkpoint = self.stage.save(self.run_dir, self.state, self.protect, self.background)
-        self.logger.note({"save_s": round(time.perf_counter() - began, 3)})
+        saved = {"save_s": round(time.perf_counter() - began, 3)}
+        self.logger.note(saved)
+        self.logger.sinks.event(self.state.step, saved)
         return self.checkpoint
 
     def finish_saves(self, blocking: bool) -> None:
@@ -138,6 +144,12 @@ class Run:
         self.weights_ready()
         s = self.stage
         write_samples(self.run_dir / name, s.model, s.ema, self.cfg, s.text, self.layout, device())
+        self.logger.sinks.image("samples", self.run_dir / name, self.state.step)
+
+    def close(self) -> None:
+        """End a profile still running and close the metric outputs."""
+        self.profiler.close()
+        self.logger.sinks.close()
 
 
 def build(cfg: RunConfig, signals: StopSignals) -> Run:
@@ -179,13 +191,15 @@ def _assemble(cfg, info, layout, run_dir, lock, signals) -> Run:
                            verify_checksums=d.verify_checksums, comm=data_comm, timeout_s=cfg.parallel.timeout_s,
                            on_corrupt=d.on_corrupt, max_corrupt=d.max_corrupt) if needs_data else None
     runner = StepRunner(stage.ddp, stage.optimizer, stage.scheduler, cfg, layout, pack_spec(stage.model, cfg))
-    logger = StepLogger(run_dir, total_steps=cfg.train.steps, global_batch=cfg.parallel.global_batch,
-                        time_limit_s=cfg.train.time_limit_minutes * 60, enabled=layout.rank == 0)
+    sinks = MetricSinks(run_dir, cfg, start_step=state.step, enabled=layout.rank == 0)
+    logger = StepLogger(sinks, StepMeter(cfg, layout, device(), runner), total_steps=cfg.train.steps,
+                        global_batch=cfg.parallel.global_batch, time_limit_s=cfg.train.time_limit_minutes * 60)
     continuity = None
     if start.checkpoint is not None:
         source_loss = state.loss if start.resumed else io.read_meta(start.checkpoint).get("loss")
         continuity = Continuity(start.checkpoint, source_loss, rank=layout.rank)
-    run = Run(cfg, layout, run_dir, lock, signals, stage, state, reader, runner, logger, continuity, start.protect,
+    run = Run(cfg, layout, run_dir, lock, signals, stage, state, reader, runner, logger,
+              ProfileWindow(cfg, layout.rank, run_dir), continuity, start.protect,
               start.checkpoint if start.resumed else None,
               background=AsyncCallsQueue() if cfg.train.async_save else None)
     if continuity and cfg.train.continuity_samples:
@@ -204,10 +218,16 @@ def run(r: Run) -> Outcome:
     began = time.perf_counter()
     mark_progress(state.step)
     overlapped = r.cfg.parallel.overlap_param_gather
+    r.logger.begin()
     while True:
         # With an overlapped parameter gather the last update's weights are complete only once the
         # next forward has gathered them: the EMA folds them in there (before this update).
-        metrics = r.runner.train_step(r.next_microbatches(), r.num_micro, before_update=r.catch_up_ema)
+        r.profiler.before(state.step + 1)
+        fetch = time.perf_counter()
+        batches = r.next_microbatches()
+        data_s = time.perf_counter() - fetch
+        r.logger.meter.count(batches, r.num_micro)
+        metrics = r.runner.train_step(batches, r.num_micro, before_update=r.catch_up_ema)
         _count_skips(r, metrics["skipped"])
         if not metrics["skipped"]:
             r.ema_due = state.step
@@ -217,7 +237,9 @@ def run(r: Run) -> Outcome:
         state.step += 1
         state.consumed_samples += r.cfg.parallel.global_batch
         mark_progress(state.step)
-        logged = r.logger.record(state.step, {**metrics, "skipped_steps": state.skipped_steps}, t.log_every_steps)
+        r.profiler.after(state.step)
+        logged = r.logger.record(state.step, {**metrics, "data_s": data_s, "skipped_steps": state.skipped_steps},
+                                 t.log_every_steps)
         if logged is not None and math.isfinite(logged):
             state.loss = logged
             if r.continuity:
@@ -287,6 +309,7 @@ def train(cfg: RunConfig) -> Outcome:
         try:
             return run(r)
         finally:
+            r.close()
             if r.lock is not None:
                 r.lock.release()
     finally:

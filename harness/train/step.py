@@ -16,18 +16,22 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import (
     gather_from_sequence_parallel_region,
+    get_cuda_rng_tracker,
     scatter_to_sequence_parallel_region,
 )
 
 from harness.config import RunConfig
 from harness.diffusion.objective import diffuse, draw, v_loss, v_target
 from harness.diffusion.schedule import Schedule
+from harness.eval.flops import count_flops
 from harness.model.conditioning import TextInput
 from harness.parallel.layout import Layout
 from harness.parallel.pipeline import PackSpec, pack, unpack
+from harness.train.measure import ComputeTimer
 
 
 @dataclass
@@ -54,6 +58,14 @@ class StepRunner:
         self.schedule = Schedule(cfg.model.resolution_px, cfg.diffusion.base_resolution_px,
                                  cfg.diffusion.logsnr_min, cfg.diffusion.logsnr_max)
         self.forward_backward = get_forward_backward_func()
+        # The schedule calls this after the last micro-batch's backward: the data-parallel gradient
+        # reduction. Each step's compute is timed up to it (the wait there for peers left out).
+        self.timer = ComputeTimer(self.device.type == "cuda")
+        ddp.module.config.finalize_model_grads_func = self._reduce_grads
+
+    def _reduce_grads(self, *args, **kwargs):
+        self.timer.stop()
+        return finalize_model_grads(*args, **kwargs)
 
     def forward_step(self, data_iterator, model):
         """Megatron's forward_step_func: this stage's part of the model on the next micro-batch."""
@@ -81,6 +93,7 @@ class StepRunner:
     def accumulate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
         """Forward and backward over this rank's micro-batches; gradients end up data-parallel reduced
         in each parameter's `main_grad`. Returns the global batch's mean loss (on every rank)."""
+        self.timer.start()
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
         losses = self.forward_backward(
@@ -89,6 +102,24 @@ class StepRunner:
             model=[self.ddp], num_microbatches=num_microbatches, seq_length=self.spec.rows(),
             micro_batch_size=self.cfg.parallel.micro_batch, forward_only=False)
         return self._global_mean_loss(losses)
+
+    def count_microbatch_flops(self, microbatches: list[MicroBatch] | None) -> int:
+        """This rank's FLOPs of a forward and backward over the first micro-batch (torch's
+        FlopCounterMode), run apart from training: the RNG streams are restored and the gradients
+        cleared afterwards, so that the steps and their losses are those of a run that never counted.
+        Collective (the schedule's communication and gradient reduction)."""
+        tracker = get_cuda_rng_tracker()
+        states = tracker.get_states()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            flops = count_flops(lambda: self.forward_backward(
+                forward_step_func=self.forward_step,
+                data_iterator=iter(microbatches[:1]) if microbatches is not None else None,
+                model=[self.ddp], num_microbatches=1, seq_length=self.spec.rows(),
+                micro_batch_size=self.cfg.parallel.micro_batch, forward_only=False))
+        tracker.set_states(states)
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        return flops
 
     @torch.no_grad()
     def evaluate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
