@@ -17,7 +17,14 @@ import h5py
 import hdf5plugin  # noqa: F401 - registers Blosc: shards may be compressed with it
 import numpy as np
 
-from harness.data.format import Manifest, ShardInfo, file_sha256, read_manifest, write_manifest, write_shard
+from harness.data.format import (
+    Manifest,
+    ShardInfo,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
 from harness.data.hf_text import HFTextEncoder
 from harness.data.mpi import RankProgress, on_all, on_root, rank_and_size
 

@@ -72,7 +72,13 @@ def tiny_clip(folder, full: bool):
     """A 2-layer, 16-wide CLIP text tower (alone, or inside a whole CLIPModel) with a word-level BPE tokenizer."""
     import json
 
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+    )
 
     words = ["red", "blue", "cat", "dog"]
     vocab = {t: i for i, t in enumerate(sorted({c + e for w in words for c in w for e in ("", "</w>")}))}
