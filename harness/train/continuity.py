@@ -41,7 +41,7 @@ class Continuity:
         batches = max(1, math.ceil(samples / global_batch))
         self.loss = sum(evaluate() for _ in range(batches)) / batches
         if self.rank == 0:
-            source = f"{self.source_loss:.4f}" if self.source_loss is not None else "none logged (a step-0 checkpoint)"
+            source = f"{self.source_loss:.4f}" if self.source_loss is not None else "none logged (a step-0 checkpoint, or a stage that stopped before its first log line)"
             print(f"continuity: the loaded weights score loss {self.loss:.4f} on {batches * global_batch} fixed "
                   f"samples; the source's last logged loss: {source} ({self.start})", flush=True)
             if self.source_loss is not None and self.loss > JUMP * self.source_loss:
