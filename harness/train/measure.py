@@ -10,6 +10,7 @@ run's losses and weights are those of a run that never counted (tests/unit/test_
 
 from __future__ import annotations
 
+import functools
 import resource
 import statistics
 import sys
@@ -75,6 +76,14 @@ def peak_memory_gib(dev: torch.device) -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
+@functools.lru_cache(maxsize=None)
+def _machine_rate(dtype: torch.dtype, dev: str, matmul_precision: str) -> float:
+    """The matmul rate MFU is stated against, measured once per process, precision and matmul
+    setting (every stage a process trains, e.g. in tests or growth_vs_scratch, shares it)."""
+    on_cuda = dev.startswith("cuda")
+    return matmul_tflops(dtype, n=8192 if on_cuda else 1024, seconds=0.5, device=dev)
+
+
 class StepMeter:
     """FLOPs per step, the peak rate they are stated against, and each window's per-rank times."""
 
@@ -83,9 +92,7 @@ class StepMeter:
         self.flops_per_step: float | None = None        # mean over ranks, once counted
         self.peak_tflops = cfg.train.peak_tflops
         if not self.peak_tflops and layout.rank == 0:   # only rank 0 reports MFU
-            on_cuda = dev.type == "cuda"
-            self.peak_tflops = matmul_tflops(PRECISIONS[precision(cfg)], n=8192 if on_cuda else 1024,
-                                             seconds=0.5, device=dev)
+            self.peak_tflops = _machine_rate(PRECISIONS[precision(cfg)], str(dev), torch.get_float32_matmul_precision())
 
     def count(self, microbatches: list | None, num_micro: int) -> None:
         """Count the FLOPs per step once, on the first step's batches (collective)."""
