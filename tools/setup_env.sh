@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
-EXTRAS=${EXTRAS:-dev,eval}
+EXTRAS=${EXTRAS:-dev,eval,ingest}
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -35,7 +35,7 @@ from harness.data.sources import folder_units, input_units
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_argument_group("input (either --input, or --images-root with --captions)")
-    src.add_argument("--input", nargs="+", metavar="GLOB", help="webdataset .tar / .tar.gz or .parquet files")
+    src.add_argument("--input", nargs="+", metavar="GLOB", help="webdataset .tar / .tar.gz or .parquet files (parquet needs the [ingest] extra: pyarrow)")
     src.add_argument("--images-root", type=Path, help="folder the captions file's `file` entries are relative to")
     src.add_argument("--captions", type=Path, help="JSONL or CSV: file, caption[, id][, split]")
     src.add_argument("--split", help="captions file: keep only rows with this split")

@@ -155,8 +155,10 @@ def parquet_units(path: Path, image_column: str, caption_column: str, key_column
     """A parquet file, one unit per row group. The image column holds encoded bytes, or structs with
     a `bytes` field (a Hugging Face `datasets` Image column); without `key_column` a sample's id is
     `{file stem}-{row}`."""
-    import pyarrow.parquet as pq
-
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BrokenInput(f"{path}: reading parquet needs pyarrow: pip install 'greedy-growing-harness[ingest]'") from None
     try:
         meta = pq.ParquetFile(path).metadata
     except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
