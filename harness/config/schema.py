@@ -154,8 +154,10 @@ class TrainConfig:
     """Stop (with a checkpoint) after this much training time; 0: no limit."""
     time_limit_completes: bool = False
     """A stage stopped by its time limit counts as complete (exit 0, `check_config.py --finished`):
-    for stages whose budget is time rather than steps (the CPU demo). Otherwise it is `stopped`
-    (exit 3), so a chain's next stage does not start from it."""
+    for stages whose budget is time rather than steps (the CPU demo). Such a stage plans for its
+    time: after 10% of it, it ends (and its lr decay ends) at the step the measured rate reaches in
+    the rest (harness/train/budget.py). Otherwise it is `stopped` (exit 3), so a chain's next stage
+    does not start from it."""
     run_dir: str = "runs/default"
     """Folder for checkpoints, logs, sample grids and plots."""
     init_from: str = ""

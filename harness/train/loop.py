@@ -29,6 +29,7 @@ from harness.growth.rules import frozen_for_stage
 from harness.model.ema import EMA
 from harness.parallel.layout import Layout, device, initialize_layout
 from harness.parallel.pipeline import pack_spec
+from harness.train.budget import Plan, TimeBudget
 from harness.train.continuity import Continuity
 from harness.train.logging import StepLogger, plot_loss_curve
 from harness.train.measure import StepMeter
@@ -213,9 +214,10 @@ def _assemble(cfg, info, layout, run_dir, lock, signals) -> Run:
 def run(r: Run) -> Outcome:
     """Train until a stop; every stop leaves a checkpoint of the step it stopped at."""
     t, state = r.cfg.train, r.state
-    if state.step >= t.steps:
-        return _finish(r, Stop.FINISHED)
+    if state.step >= t.steps or (state.complete and t.time_limit_completes):
+        return _finish(r, Stop.FINISHED)     # a rerun of a finished stage (or of one whose budget was its time)
     began = time.perf_counter()
+    budget = TimeBudget.for_stage(r.cfg, began, state.step)
     mark_progress(state.step)
     overlapped = r.cfg.parallel.overlap_param_gather
     r.logger.begin()
@@ -244,6 +246,8 @@ def run(r: Run) -> Outcome:
             state.loss = logged
             if r.continuity:
                 r.continuity.first_logged(logged, state.step)
+        if budget is not None:
+            _follow(r, budget.plan(state.step, t.steps, r.stage.scheduler.lr_decay_steps))
         if r.lock is not None and r.lock.lost:
             raise TrainingError(f"step {state.step}: the run directory's lock was lost ({r.lock.lost}); stopping "
                                 "without a checkpoint so that two jobs do not write one run")
@@ -259,6 +263,18 @@ def run(r: Run) -> Outcome:
             return _finish(r, decision.stop)
         if t.sample_every_steps and state.step % t.sample_every_steps == 0:
             r.samples(f"samples_step{state.step:07d}.png")
+
+
+def _follow(r: Run, plan: Plan | None) -> None:
+    """End the stage, and its learning-rate decay, where its time budget runs out."""
+    if plan is None:
+        return
+    if r.layout.rank == 0:
+        print(plan.describe(r.cfg.train.steps, r.cfg.train.time_limit_minutes), flush=True)
+    r.cfg.train.steps = r.logger.total_steps = plan.steps
+    r.stage.scheduler.lr_decay_steps = plan.decay_steps
+    r.logger.sinks.event(r.state.step, {"planned_steps": plan.steps, "planned_decay_steps": plan.decay_steps,
+                                        "planned_step_s": plan.step_s})
 
 
 def _count_skips(r: Run, skipped: bool) -> None:
