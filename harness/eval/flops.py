@@ -64,7 +64,11 @@ def machine_name() -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = info.get("flags", "").split()
+        isa = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), "no avx2")
+        model = f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"
+    except (OSError, KeyError):
         pass
     return f"{model}, {torch.get_num_threads()} threads"
