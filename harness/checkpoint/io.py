@@ -129,14 +129,7 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
     (`background.maybe_finalize_async_calls`); until then `latest` stays on the previous checkpoint."""
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
-    tmp = run_dir / f".tmp-{final.name}"
-    if _rank() == 0:
-        latest = latest_checkpoint(run_dir) if (run_dir / LATEST).is_file() else None
-        if latest is not None and latest.name == final.name:
-            raise CheckpointError(f"{final}: is the run's latest checkpoint; a save may not replace it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)         # leftover of an interrupted save
-        tmp.mkdir()
+    tmp = _begin(run_dir, final) if _rank() == 0 else run_dir / f".tmp-{final.name}"
     _barrier()
     meta = {"format_version": FORMAT_VERSION, "step": step, "versions": versions(), **meta}
 
@@ -144,11 +137,7 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
         if _rank() == 0:
             for name, content in (files or {}).items():
                 (tmp / name).write_bytes(content)
-            stamped = {**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            write_text_atomic(tmp / "meta.json", json.dumps(stamped, indent=2, sort_keys=True))
-            _replace_dir(tmp, final)
-            write_text_atomic(run_dir / LATEST, final.name + "\n")
-            _prune(run_dir, final, meta.get("run_id"), keep, protect)
+            _publish(tmp, final, meta, keep, protect)
         _barrier()
 
     if background is None:
@@ -160,6 +149,40 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
         request.add_finalize_fn(complete)
         background.schedule_async_request(request)
     return final
+
+
+def copy_checkpoint(source: Path, run_dir: str | Path, meta: dict, keep: int = 2) -> Path:
+    """In this process: the files of checkpoint `source` with `meta` as meta.json, written as run_dir's
+    checkpoint of the same step like a save (temporary name, rename, `latest`, pruning)."""
+    final = Path(run_dir) / checkpoint_name(meta["step"])
+    tmp = _begin(Path(run_dir), final)
+    for f in Path(source).iterdir():
+        if f.is_file() and f.name != "meta.json":
+            shutil.copyfile(f, tmp / f.name)
+    _publish(tmp, final, meta, keep)
+    return final
+
+
+def _begin(run_dir: Path, final: Path) -> Path:
+    """The empty temporary folder a checkpoint is written into (never over `latest`'s target)."""
+    latest = latest_checkpoint(run_dir) if (run_dir / LATEST).is_file() else None
+    if latest is not None and latest.name == final.name:
+        raise CheckpointError(f"{final}: is the run's latest checkpoint; a save may not replace it")
+    tmp = run_dir / f".tmp-{final.name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)         # leftover of an interrupted save
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(tmp: Path, final: Path, meta: dict, keep: int, protect: tuple[Path, ...] = ()) -> None:
+    """meta.json last, then the rename, then `latest`, then pruning: a kill at any point leaves the
+    last good checkpoint in place."""
+    stamped = {**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_text_atomic(tmp / "meta.json", json.dumps(stamped, indent=2, sort_keys=True))
+    _replace_dir(tmp, final)
+    write_text_atomic(final.parent / LATEST, final.name + "\n")
+    _prune(final.parent, final, meta.get("run_id"), keep, protect)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -296,13 +319,19 @@ def check_keys(ckpt_dir: str | Path, sharded_state_dict: dict, families: tuple[s
     mismatched = sorted(f"{k} {stored[k]} vs model {s}" for k, s in requested.items() if k in stored and stored[k] != s)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing from the checkpoint: {', '.join(missing)}")
+        problems.append(f"{len(missing)} missing from the checkpoint: {_some(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} in the checkpoint but not in the model: {', '.join(unexpected)}")
+        problems.append(f"{len(unexpected)} in the checkpoint but not in the model: {_some(unexpected)}")
     if mismatched:
-        problems.append(f"{len(mismatched)} with other shapes: {', '.join(mismatched)}")
+        problems.append(f"{len(mismatched)} with other shapes: {_some(mismatched)}")
     if problems:
         raise CheckpointError(f"{ckpt_dir}: does not match the model: " + "; ".join(problems))
+
+
+def _some(items: list[str], shown: int = 6) -> str:
+    """The first few of a sorted list, and how many more."""
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def load(ckpt_dir: str | Path, sharded_state_dict: dict, families: tuple[str, ...]) -> dict:

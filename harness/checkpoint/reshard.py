@@ -1,9 +1,12 @@
 """Checkpoint conversions: to another (TP, PP, DP) layout, and to / from one safetensors file.
 
-Checkpoint keys do not depend on the layout, so converting is: build the stages of the target
-layout, load the complete training state (weights, EMA, Megatron's optimizer state in model space,
-schedule, data position) and write it again from there. Release files hold full tensors (no
-pickles) and the run config and tokenizer in the safetensors header.
+Checkpoint keys and global shapes do not depend on the layout (weights, EMA and Megatron's
+optimizer state in model space, `fully_reshardable`), and any layout loads any checkpoint. So a
+conversion that changes only how the run is laid out (`LAYOUT_KEYS`) needs no model: it copies the
+files and records the target layout in the config (`relayout`). Any other change builds the stages
+of the target layout, loads the complete training state and writes it again (`load_stage` + save).
+Release files hold full tensors (no pickles) and the run config and tokenizer in the safetensors
+header.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from safetensors.torch import save_file
 from harness.checkpoint import io
 from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState
-from harness.config import from_dict
+from harness.config import from_dict, to_dict
 from harness.data.tokenizer import TOKENIZER_FILE
 from harness.model.conditioning import TextInput
 from harness.parallel.forward import stage_forward
@@ -45,6 +48,30 @@ def stage_outputs(stage: TrainingStage, seed: int = 0, batch: int = 2) -> torch.
     with stage.ema.applied(stage.model):
         averaged = forward(z, t, text)
     return torch.cat([raw, averaged])
+
+
+# Config keys that change how a run is laid out and executed, not what its checkpoint holds.
+LAYOUT_KEYS = frozenset({"parallel.tp", "parallel.pp", "parallel.micro_batch", "parallel.sequence_parallel",
+                         "parallel.recompute", "parallel.recompute_min_px", "parallel.overlap_grad_reduce",
+                         "parallel.overlap_param_gather", "parallel.bucket_size", "parallel.timeout_s"})
+
+
+def layout_only(overrides: list[str]) -> bool:
+    """Whether every override is a LAYOUT_KEYS one (a conversion that copies files)."""
+    return all(o.partition("=")[0].strip() in LAYOUT_KEYS for o in overrides)
+
+
+def relayout(source: Path, run_dir: Path, overrides: list[str]) -> Path:
+    """The layout-only conversion, in this process: the source's files, its meta.json with the
+    overridden (validated) config; `layout` still says what the files were written at."""
+    if not layout_only(overrides):
+        raise ValueError(f"not a layout-only change: {[o for o in overrides if not layout_only([o])]}")
+    if problems := io.verify(source):
+        raise io.CheckpointError("; ".join(problems))
+    meta = io.read_meta(source)
+    cfg = from_dict(meta["config"], str(source / "meta.json"), [*overrides, f"train.run_dir={run_dir}"])
+    meta["config"] = to_dict(cfg)
+    return io.copy_checkpoint(source, run_dir, meta, keep=cfg.train.keep_checkpoints)
 
 
 def load_stage(ckpt: Path, layout: Layout, overrides: list[str] = ()) -> tuple[TrainingStage, TrainState]:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     info = init_distributed(cfg.parallel.timeout_s)
     layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.parallel.timeout_s)
     try:
-        lock = hold_run_dir(Path(cfg.train.run_dir), layout)
+        lock = hold_run_dir(Path(cfg.train.run_dir), layout.rank)
     except RunDirLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

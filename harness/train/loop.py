@@ -160,7 +160,7 @@ def build(cfg: RunConfig, signals: StopSignals) -> Run:
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     layout = initialize_layout(cfg.parallel.tp, cfg.parallel.pp, cfg.train.seed, cfg.parallel.timeout_s)
     run_dir = Path(cfg.train.run_dir)
-    lock = hold_run_dir(run_dir, layout)
+    lock = hold_run_dir(run_dir, layout.rank)
     try:
         return _assemble(cfg, info, layout, run_dir, lock, signals)
     except BaseException:

@@ -14,10 +14,9 @@ from harness.checkpoint import io
 from harness.checkpoint.rundir import RunDirLocked, RunLock, unwritable_reason
 from harness.checkpoint.stage import TrainingStage
 from harness.checkpoint.state import TrainState
-from harness.parallel.layout import Layout
 
 
-def _from_rank0(value):
+def from_rank0(value):
     """Rank 0's value on every rank (collective)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
@@ -26,10 +25,10 @@ def _from_rank0(value):
     return box[0]
 
 
-def hold_run_dir(run_dir: Path, layout: Layout) -> RunLock | None:
+def hold_run_dir(run_dir: Path, rank: int) -> RunLock | None:
     """Create and lock the run directory on rank 0; every rank raises if that fails (one line)."""
     lock, problem = None, None
-    if layout.rank == 0:
+    if rank == 0:
         if (reason := unwritable_reason(run_dir)) is not None:
             problem = f"train.run_dir {run_dir}: not writable ({reason})"
         else:
@@ -39,7 +38,7 @@ def hold_run_dir(run_dir: Path, layout: Layout) -> RunLock | None:
                     print(f"warning: {note}", file=sys.stderr, flush=True)
             except RunDirLocked as e:
                 problem, lock = str(e), None
-    problem = _from_rank0(problem)
+    problem = from_rank0(problem)
     if problem:
         raise RunDirLocked(problem)
     return lock
@@ -57,18 +56,18 @@ def load_start(stage: TrainingStage, run_dir: Path, init_from: str) -> Start:
     """Restore the run directory's latest readable checkpoint, else start from init_from's weights,
     else from scratch. An unreadable checkpoint is renamed `corrupt-step_N` (kept for inspection)
     and the previous one taken, loudly; the one fallen back to is protected from pruning."""
-    candidate = _from_rank0(_latest_name(run_dir))
+    candidate = from_rank0(_latest_name(run_dir))
     fell_back = False
     while candidate is not None:
         ckpt = run_dir / candidate
-        problems = _from_rank0(io.verify(ckpt) if stage.layout.rank == 0 else None)
+        problems = from_rank0(io.verify(ckpt) if stage.layout.rank == 0 else None)
         if not problems:
             try:
                 state = stage.restore(ckpt)
                 return Start(state, ckpt, True, (ckpt,) if fell_back else ())
             except io.CheckpointError as e:
                 problems = [str(e)]
-        candidate = _from_rank0(_fall_back(run_dir, ckpt, problems) if stage.layout.rank == 0 else None)
+        candidate = from_rank0(_fall_back(run_dir, ckpt, problems) if stage.layout.rank == 0 else None)
         fell_back = True
         if dist.is_initialized():
             dist.barrier()

@@ -3,8 +3,9 @@
     torchrun --nproc_per_node 4 tests/dist/reshard_worker.py --source CKPT --out DIR --data DIR --precision bf16
 
 Reshards the source through (TP, PP) = (2,2), (2,1), (1,2), (1,1) (verifying each hop in its
-layout), grows the source at TP=2 x PP=2, trains two more steps at TP=2 x PP=2 both from the
-source and from the last hop (their logs must agree), and one step from the last hop at a
+layout), converts it to TP=2 x PP=2 by copying (`relayout`), grows the source at TP=2 x PP=2, trains
+two more steps at TP=2 x PP=2 from the source, the last hop and the copy (their logs must agree),
+and one step from the last hop at a
 negligible learning rate (`held`: the weights it loaded must stay).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from harness.checkpoint import io
-from harness.checkpoint.reshard import load_stage, verify
+from harness.checkpoint.reshard import load_stage, relayout, verify
 from harness.config import load
 from harness.distributed.launch import init_distributed
 from harness.growth.grow import grow
@@ -53,9 +54,14 @@ def main() -> None:
     grow(source, load("configs/tiny/grow-frozen.yaml", data + [f"train.run_dir={args.out / 'grown'}"]),
          initialize_layout(2, 2))
 
+    if dist.get_rank() == 0:     # the layout-only conversion: files copied, no model (tools/reshard.py's path)
+        relayout(source, args.out / "relayout", ["parallel.tp=2", "parallel.pp=2"])
+    dist.barrier()
+
     step = io.read_meta(source)["step"]
     for name, start, extra in (("resume_source", source, [f"train.steps={step + 2}"]),
                                ("resume_resharded", previous, [f"train.steps={step + 2}"]),
+                               ("resume_relayout", io.resolve(args.out / "relayout"), [f"train.steps={step + 2}"]),
                                ("held", previous, [f"train.steps={step + 1}", "optim.override_schedule=true",
                                                    *args.negligible])):
         if dist.get_rank() == 0:

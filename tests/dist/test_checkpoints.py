@@ -3,6 +3,7 @@ resharding) in fp32 and in bf16 with the distributed optimizer, and a writer kil
 of a save."""
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -54,8 +55,37 @@ def test_growth_at_another_layout_carries_the_core_bit_for_bit(conversions):
 
 def test_training_resumes_the_same_after_resharding(conversions):
     logs = [[json.loads(x)["loss"] for x in (conversions / name / "log.jsonl").read_text().splitlines()]
-            for name in ("resume_source", "resume_resharded")]
-    assert len(logs[0]) == 2 and logs[0] == logs[1]
+            for name in ("resume_source", "resume_resharded", "resume_relayout")]
+    assert len(logs[0]) == 2 and logs[0] == logs[1] == logs[2]
+
+
+def test_a_layout_only_conversion_copies_the_files_in_one_process(conversions, tmp_path):
+    """tools/reshard.py with only layout overrides, without a launcher: the same files, the target
+    layout in the config; a damaged source is named and nothing is written."""
+    source, out = io.resolve(conversions / "source"), tmp_path / "tp2pp2"
+    args = [str(BIN / "python"), "tools/reshard.py", "--source", str(conversions / "source"), "--out", str(out),
+            "parallel.tp=2", "parallel.pp=2"]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "files copied" in done.stdout, done.stderr
+    result = io.resolve(out)
+    assert not io.verify(result, tensors=True)
+    for f in source.iterdir():
+        if f.name != "meta.json":
+            assert f.read_bytes() == (result / f.name).read_bytes(), f
+    meta, before = io.read_meta(result), io.read_meta(source)
+    assert (meta["config"]["parallel"]["tp"], meta["config"]["parallel"]["pp"]) == (2, 2)
+    assert meta["config"]["train"]["run_dir"] == str(out)
+    same = {k for k in before if k not in ("config", "saved_at")}
+    assert {k: meta[k] for k in same} == {k: before[k] for k in same}
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(source, damaged / source.name)
+    shard = max((damaged / source.name).glob("*.distcp"), key=lambda p: p.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[:100])
+    args[3:6] = [str(damaged / source.name), "--out", str(tmp_path / "not-written")]
+    refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and f"{shard}: truncated" in refused.stderr
+    assert io.latest_checkpoint(tmp_path / "not-written") is None
 
 
 def test_resharded_then_resumed_keeps_the_loaded_weights(conversions):
