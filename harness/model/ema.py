@@ -21,23 +21,25 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> None:
-        """Fold the current weights in; `num_updates` counts updates before this one."""
+        """Fold the current weights in; `num_updates` counts updates before this one. One fused
+        `_foreach_lerp_` per dtype over the trained parameters (bf16 weights are upcast first)."""
         decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                self.shadow[name].lerp_(p.detach().float(), 1.0 - decay)
+        trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not trained:
+            return
+        shadows = [self.shadow[name] for name, _ in trained]
+        weights = [p.detach() if p.dtype == torch.float32 else p.detach().float() for _, p in trained]
+        torch._foreach_lerp_(shadows, weights, 1.0 - decay)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module):
         """Run a block with the averaged weights in the model, restoring the trained ones after."""
-        params = dict(model.named_parameters())
-        backup = {name: p.detach().clone() for name, p in params.items()}
+        names, params = zip(*model.named_parameters())
+        backup = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.shadow[name])
+            torch._foreach_copy_(list(params), [self.shadow[name] for name in names])
         try:
             yield model
         finally:
             with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(backup[name])
+                torch._foreach_copy_(list(params), backup)
