@@ -2,7 +2,7 @@
 # The main job on a fresh machine: set up, fetch and shard the emoji data, train the core at 64 px,
 # grow it to 128 px (new levels around the frozen core, then end to end), sample held-out captions
 # at every stage, write images and plots under runs/demo/.
-#   bash tools/demo.sh                 DEMO_MINUTES=7 bounds the core, GROW_MINUTES=2.5 each growth phase
+#   bash tools/demo.sh                 DEMO_MINUTES=5.5 bounds the core, GROW_MINUTES=2 each growth phase
 # Each stage's budget is minutes: it plans the steps that fit them and decays its learning rate by
 # its end (harness/train/budget.py).
 #   DEMO_256=1 bash tools/demo.sh      also grows 128 -> 256 px (keeping the 128 px levels)
@@ -14,8 +14,8 @@ START=$(date +%s)
 bash tools/setup_env.sh
 bash tools/prepare_demo_data.sh
 PY=$VENV/bin/python
-CORE_MIN=${DEMO_MINUTES:-7}
-GROW_MIN=${GROW_MINUTES:-2.5}
+CORE_MIN=${DEMO_MINUTES:-5.5}
+GROW_MIN=${GROW_MINUTES:-2}
 OUT=runs/demo
 
 stage() {   # name config [extra overrides...]: train a stage; an existing run directory resumes

@@ -4,8 +4,8 @@ With `train.time_limit_completes` the time limit, not `train.steps`, is the stag
 demo). Left alone such a stage would stop wherever the clock runs out: a cosine schedule planned
 for `train.steps` would never decay, and the last weights would be those of a high learning rate.
 So after a short measured stretch the stage estimates how many steps fit in the time left and ends
-there: `train.steps` becomes that count (never more than configured), and the learning-rate decay
-ends at it (never later than configured). The time limit still stops the stage if the estimate was
+there: `train.steps` becomes that count (never more than configured), the learning-rate warm-up
+takes at most a tenth of it, and the decay ends at it (never later than configured). The time limit still stops the stage if the estimate was
 optimistic. The estimate is the slowest rank's, so every rank plans the same step.
 """
 
@@ -30,12 +30,14 @@ MARGIN = 0.95            # the share of the time left that the plan fills
 class Plan:
     step_s: float        # measured seconds per step (slowest rank)
     steps: int           # the stage's last step
+    warmup_steps: int    # the learning-rate warm-up, at most a tenth of the planned steps
     decay_steps: int     # the step the learning rate reaches min_lr
 
     def describe(self, configured: int, minutes: float) -> str:
         fits = "all of" if self.steps >= configured else f"{self.steps:,} of"
         return (f"time budget: {self.step_s:.3f} s/step, so {fits} {configured:,} steps fit in {minutes:g} min; "
-                f"the stage ends at step {self.steps:,}, its learning rate reaching min_lr at step {self.decay_steps:,}")
+                f"the stage ends at step {self.steps:,}, its learning rate warming up over {self.warmup_steps:,} "
+                f"steps and reaching min_lr at step {self.decay_steps:,}")
 
 
 class TimeBudget:
@@ -68,7 +70,8 @@ class TimeBudget:
         step_s = _slowest(spent / measured)
         left = max(self.limit_s - (now - self.began), 0.0)
         steps = min(configured_steps, step + max(math.floor(MARGIN * left / step_s), 1))
-        return Plan(step_s, steps, min(decay_steps, max(steps, self.warmup + 1)))
+        warmup = min(self.warmup, max(steps // 10, 1))
+        return Plan(step_s, steps, warmup, min(decay_steps, max(steps, warmup + 1)))
 
 
 def _slowest(seconds: float) -> float:

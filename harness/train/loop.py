@@ -272,6 +272,7 @@ def _follow(r: Run, plan: Plan | None) -> None:
     if r.layout.rank == 0:
         print(plan.describe(r.cfg.train.steps, r.cfg.train.time_limit_minutes), flush=True)
     r.cfg.train.steps = r.logger.total_steps = plan.steps
+    r.stage.scheduler.lr_warmup_steps = plan.warmup_steps
     r.stage.scheduler.lr_decay_steps = plan.decay_steps
     r.logger.sinks.event(r.state.step, {"planned_steps": plan.steps, "planned_decay_steps": plan.decay_steps,
                                         "planned_step_s": plan.step_s})

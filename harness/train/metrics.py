@@ -50,7 +50,7 @@ class MetricSinks:
     """Rank 0's outputs for logging windows and sample grids (every method is a no-op elsewhere)."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, *, start_step: int, enabled: bool):
-        self.run_dir, self.total_steps, self.enabled = Path(run_dir), cfg.train.steps, enabled
+        self.run_dir, self.train, self.enabled = Path(run_dir), cfg.train, enabled   # train.steps read live (a time budget sets it)
         self.tensorboard = self.wandb = None
         if enabled and cfg.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -68,7 +68,7 @@ class MetricSinks:
         """One logging window: printed, appended to log.jsonl, and sent to TensorBoard and W&B."""
         if not self.enabled:
             return
-        print(step_line(line, self.total_steps), flush=True)
+        print(step_line(line, self.train.steps), flush=True)
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         # A checkpoint's save_s reaches log.jsonl with the next line, TensorBoard at its own step (event).

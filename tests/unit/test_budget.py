@@ -22,6 +22,11 @@ def test_the_plan_fills_the_time_left_at_the_measured_rate():
     fast = TimeBudget.for_stage(cfg, began=0.0, start_step=0)
     fast.plan(1, 30, 20, now=0.1)
     assert fast.plan(20, 30, 20, now=6.1).steps == 30                # never beyond train.steps or the decay
+    long_warmup = TimeBudget.for_stage(load(None, ["train.time_limit_minutes=1", "train.time_limit_completes=true",
+                                                   "optim.warmup_steps=100"]), began=0.0, start_step=0)
+    long_warmup.plan(1, 1000, 1000, now=1.0)
+    short = long_warmup.plan(12, 1000, 1000, now=12.0)
+    assert short.warmup_steps == short.steps // 10 and short.decay_steps == short.steps   # warm-up fits the plan
     assert TimeBudget.for_stage(load(None, ["train.time_limit_minutes=1"]), 0.0, 0) is None
 
 
