@@ -7,8 +7,9 @@ architecture from scratch for the same training compute.
 Arm A (greedy growing, configs/demo/*): core at 64 px -> grow -> grow-frozen -> grow-finetune at
 128 px, either trained here for the given steps or taken from finished runs (`--reuse DIR` with
 DIR/core, DIR/grow-frozen, DIR/grow-finetune; their steps come from their checkpoints).
-Arm B: the same 128 px architecture from scratch, with the core's learning-rate settings, for as
-many steps as make its training FLOPs equal arm A's total. FLOPs per step are counted
+Arm B: the same 128 px architecture from scratch, with the core's learning-rate settings (its
+warm-up at most a tenth of the steps, as a time-budgeted stage plans it), for as many steps as make
+its training FLOPs equal arm A's total. FLOPs per step are counted
 (FlopCounterMode) on one real step of each stage's configuration (frozen layers skip their weight
 gradients). Both arms are scored by the held-out v-loss at fixed noise levels and seeds
 (harness/eval/eval_loss.py); one PNG shows the same held-out captions from every checkpoint.
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = from_dict(metas["grow-finetune"]["config"], "scratch", common + [
         f"train.run_dir={args.out / 'scratch'}", "train.init_from=", f"train.steps={steps['scratch']}",
         f"optim.decay_steps={steps['scratch']}", f"optim.lr={core_optim.lr}", f"optim.min_lr={core_optim.min_lr}",
-        f"optim.warmup_steps={core_optim.warmup_steps}"])
+        f"optim.warmup_steps={min(core_optim.warmup_steps, max(steps['scratch'] // 10, 1))}"])
     print(f"TFLOP per step {flops}; arm A steps {steps}; {budget:.1f} TFLOP each arm", flush=True)
     train(scratch)
 
