@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             parser.error("--out is required to convert a checkpoint")
         meta = io.read_meta(source)
-        if layout_only(args.overrides):
+        copying = layout_only(args.overrides)
+        if copying:
             rank = dist.get_rank()
             lock = hold_run_dir(Path(args.out), rank)
             start = time.perf_counter()
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 _report(result, source, f"tp={layout.tp} pp={layout.pp} dp={layout.dp}, state rewritten",
                         time.perf_counter() - start)
         if args.verify:
-            if layout_only(args.overrides):
+            if copying:
                 layout = _layout_for(meta["config"], args.overrides, str(source / "meta.json"))
             verify(source, result, layout, args.overrides)
     except (ConfigError, io.CheckpointError, RunDirLocked, ValueError) as e:

@@ -22,14 +22,12 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> None:
         """Fold the current weights in; `num_updates` counts updates before this one. One fused
-        `_foreach_lerp_` per dtype over the trained parameters (bf16 weights are upcast first)."""
+        `_foreach_lerp_` over the trained parameters (`.float()` upcasts bf16, a no-op for fp32)."""
         decay = min(self.decay, (1 + num_updates) / (10 + num_updates))
         trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        if not trained:
-            return
-        shadows = [self.shadow[name] for name, _ in trained]
-        weights = [p.detach() if p.dtype == torch.float32 else p.detach().float() for _, p in trained]
-        torch._foreach_lerp_(shadows, weights, 1.0 - decay)
+        if trained:
+            torch._foreach_lerp_([self.shadow[name] for name, _ in trained],
+                                 [p.detach().float() for _, p in trained], 1.0 - decay)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module):

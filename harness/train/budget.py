@@ -43,17 +43,17 @@ class Plan:
 class TimeBudget:
     """Measures steps from the end of the first one and plans once (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, began: float, start_step: int):
+    def __init__(self, cfg: RunConfig, began: float):
         self.limit_s = cfg.train.time_limit_minutes * 60
         self.warmup = cfg.optim.warmup_steps
-        self.began, self.start_step = began, start_step
+        self.began = began
         self.mark: tuple[int, float] | None = None     # (step, time) after the first step
         self.planned = False
 
     @classmethod
-    def for_stage(cls, cfg: RunConfig, began: float, start_step: int) -> TimeBudget | None:
+    def for_stage(cls, cfg: RunConfig, began: float) -> TimeBudget | None:
         t = cfg.train
-        return cls(cfg, began, start_step) if t.time_limit_completes and t.time_limit_minutes > 0 else None
+        return cls(cfg, began) if t.time_limit_completes and t.time_limit_minutes > 0 else None
 
     def plan(self, step: int, configured_steps: int, decay_steps: int, now: float | None = None) -> Plan | None:
         """After `step`: the plan, once enough steps are measured (collective on that call), else None."""

@@ -217,7 +217,7 @@ def run(r: Run) -> Outcome:
     if state.step >= t.steps or (state.complete and t.time_limit_completes):
         return _finish(r, Stop.FINISHED)     # a rerun of a finished stage (or of one whose budget was its time)
     began = time.perf_counter()
-    budget = TimeBudget.for_stage(r.cfg, began, state.step)
+    budget = TimeBudget.for_stage(r.cfg, began)
     mark_progress(state.step)
     overlapped = r.cfg.parallel.overlap_param_gather
     r.logger.begin()

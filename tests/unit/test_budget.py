@@ -11,7 +11,7 @@ from harness.train.loop import train
 
 def test_the_plan_fills_the_time_left_at_the_measured_rate():
     cfg = load(None, ["train.time_limit_minutes=1", "train.time_limit_completes=true", "optim.warmup_steps=5"])
-    budget = TimeBudget.for_stage(cfg, began=0.0, start_step=0)
+    budget = TimeBudget.for_stage(cfg, began=0.0)
     assert budget.plan(1, 1000, 1000, now=2.0) is None              # the first step (start-up) is left out
     assert budget.plan(6, 1000, 1000, now=7.0) is None              # too few steps measured yet
     plan = budget.plan(12, 1000, 800, now=12.0)                      # 11 steps in 10 s
@@ -19,15 +19,15 @@ def test_the_plan_fills_the_time_left_at_the_measured_rate():
     assert abs(plan.step_s - 10 / 11) < 1e-9
     assert plan.steps == 12 + int(MARGIN * left / plan.step_s) and plan.decay_steps == plan.steps
     assert budget.plan(13, 1000, 800, now=13.0) is None              # planned once
-    fast = TimeBudget.for_stage(cfg, began=0.0, start_step=0)
+    fast = TimeBudget.for_stage(cfg, began=0.0)
     fast.plan(1, 30, 20, now=0.1)
     assert fast.plan(20, 30, 20, now=6.1).steps == 30                # never beyond train.steps or the decay
     long_warmup = TimeBudget.for_stage(load(None, ["train.time_limit_minutes=1", "train.time_limit_completes=true",
-                                                   "optim.warmup_steps=100"]), began=0.0, start_step=0)
+                                                   "optim.warmup_steps=100"]), began=0.0)
     long_warmup.plan(1, 1000, 1000, now=1.0)
     short = long_warmup.plan(12, 1000, 1000, now=12.0)
     assert short.warmup_steps == short.steps // 10 and short.decay_steps == short.steps   # warm-up fits the plan
-    assert TimeBudget.for_stage(load(None, ["train.time_limit_minutes=1"]), 0.0, 0) is None
+    assert TimeBudget.for_stage(load(None, ["train.time_limit_minutes=1"]), 0.0) is None
 
 
 def test_a_time_budgeted_stage_decays_its_lr_by_its_end_and_a_rerun_trains_nothing(world, tiny_overrides,
