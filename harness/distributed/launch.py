@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from harness.distributed.host_memory import keep_freed_memory
+
 
 class LaunchError(RuntimeError):
     """The launcher's environment is inconsistent; the message says what to change."""
@@ -129,7 +131,9 @@ def split_mpi_comm(info: LaunchInfo, member: bool):
 
 
 def init_distributed(timeout_s: float = 600.0) -> LaunchInfo:
-    """Initialise torch.distributed for this launcher (NCCL on GPUs, gloo on CPUs)."""
+    """Initialise torch.distributed for this launcher (NCCL on GPUs, gloo on CPUs); keep freed host
+    memory for reuse (harness/distributed/host_memory.py)."""
+    keep_freed_memory()
     info = launch_info(timeout_s)
     if dist.is_initialized():
         return info
