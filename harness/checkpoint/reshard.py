@@ -53,7 +53,8 @@ def stage_outputs(stage: TrainingStage, seed: int = 0, batch: int = 2) -> torch.
 # Config keys that change how a run is laid out and executed, not what its checkpoint holds.
 LAYOUT_KEYS = frozenset({"parallel.tp", "parallel.pp", "parallel.micro_batch", "parallel.sequence_parallel",
                          "parallel.recompute", "parallel.recompute_min_px", "parallel.overlap_grad_reduce",
-                         "parallel.overlap_param_gather", "parallel.bucket_size", "parallel.timeout_s"})
+                         "parallel.overlap_param_gather", "parallel.bucket_size", "parallel.timeout_s",
+                         "train.compile"})
 
 
 def layout_only(overrides: list[str]) -> bool:

@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     size: str = "tiny"
-    """Key of harness.config.sizes.MODEL_SIZES: tiny, small, mid, 2b, 4b, 8b."""
+    """Key of harness.config.sizes.MODEL_SIZES: tiny, small, base, mid, 2b, 4b, 8b."""
     arch: str = "shallow"
     """`shallow`: the Shallow-UViT of core pre-training; `grown`: the UNet grown around the core."""
     resolution_px: int = 64
@@ -182,6 +182,11 @@ class TrainConfig:
     else fp32. Checkpoints record the precision that ran (meta.json `precision`)."""
     matmul_precision: str = "medium"
     """torch.set_float32_matmul_precision: `highest`, `high` or `medium`."""
+    compile: bool = False
+    """torch.compile (inductor) the ResBlocks of the levels and the adaLN modulation and gated residuals
+    of the core layers, fusing the norms and elementwise work around the convolutions and matmuls
+    (harness/model/compiled.py). The first steps pay the compilation; results differ from eager only
+    by rounding. Needs a C++ compiler on a CPU."""
     async_save: bool = False
     """Write checkpoints in the background (Megatron dist_checkpointing's asynchronous save): training
     goes on while the files are written; the rename and `latest` come once every rank has finished,

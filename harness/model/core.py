@@ -66,13 +66,25 @@ class SDPAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)               # (Sq, B, heads * d)
 
 
+def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """adaLN: LayerNorm without affine (eps 1e-6), then the per-sample scale and shift. x (N, B, H), scale/shift (B, H)."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x + gate * (out + bias): a Megatron linear's output and its separately returned bias, gated."""
+    return x + gate * (out + bias)
+
+
 class CoreLayer(MegatronModule):
-    """adaLN-modulated self-attention, cross-attention (plain pre-norm) and MLP, with residuals."""
+    """adaLN-modulated self-attention, cross-attention (plain pre-norm) and MLP, with residuals.
+
+    The elementwise work between Megatron's linears goes through `self.modulate` and
+    `self.gated_residual` (pure tensor functions; train.compile swaps in compiled ones)."""
 
     def __init__(self, config: TransformerConfig, layer_number: int):
         super().__init__(config=config)
         h = config.hidden_size
-        self.norm1 = nn.LayerNorm(h, elementwise_affine=False, eps=1e-6)
         self.self_attn = SelfAttention(
             config, SelfAttentionSubmodules(linear_qkv=ColumnParallelLinear, core_attention=SDPAttention,
                                             linear_proj=RowParallelLinear),
@@ -82,7 +94,7 @@ class CoreLayer(MegatronModule):
             config, CrossAttentionSubmodules(linear_q=ColumnParallelLinear, linear_kv=ColumnParallelLinear,
                                              core_attention=SDPAttention, linear_proj=RowParallelLinear),
             layer_number=layer_number, attn_mask_type=AttnMaskType.padding)
-        self.norm2 = nn.LayerNorm(h, elementwise_affine=False, eps=1e-6)
+        self.modulate, self.gated_residual = modulate, gated_residual
         self.mlp = MLP(config, MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
                        ffn_hidden_size=config.ffn_hidden_size)
         self.ada_table = nn.Parameter(torch.randn(6, h) / h ** 0.5)
@@ -92,12 +104,12 @@ class CoreLayer(MegatronModule):
     def forward(self, x, mod, context, context_mask):
         """x (N, B, H), mod (B, 6, H), context (L, B, H), context_mask (B, 1, 1, L) True = masked."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.ada_table[None] + mod).unbind(1)  # (B, H)
-        out, bias = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, attention_mask=None)
-        x = x + gate1 * (out + bias)
+        out, bias = self.self_attn(self.modulate(x, scale1, shift1), attention_mask=None)
+        x = self.gated_residual(x, gate1, out, bias)
         out, bias = self.cross_attn(self.norm_cross(x), attention_mask=context_mask, key_value_states=context)
         x = x + out + bias
-        out, bias = self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-        return x + gate2 * (out + bias)
+        out, bias = self.mlp(self.modulate(x, scale2, shift2))
+        return self.gated_residual(x, gate2, out, bias)
 
 
 def core_transformer_config(*, hidden: int, layers: int, heads: int, tp: int = 1, pp: int = 1,

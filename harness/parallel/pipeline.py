@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from harness.config import RunConfig
 from harness.config.sizes import MODEL_SIZES
+from harness.model.compiled import apply_compile
 from harness.model.uvit import StageState, UViT, build_model
 from harness.parallel.layout import Layout, precision
 
@@ -100,6 +101,8 @@ def build_stage(cfg: RunConfig, layout: Layout, *, vocab_size: int | None, text_
                         post_process=layout.is_last_stage, dtype=dtype, initialize=initialize,
                         sequence_parallel=cfg.parallel.sequence_parallel)
     apply_recompute(model, cfg.parallel)
+    if cfg.train.compile:
+        apply_compile(model)
     return model.to(device=device, dtype=dtype)
 
 
