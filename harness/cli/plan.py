@@ -76,7 +76,7 @@ def plot(path: str, estimates, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", required=True, help="tiny, small, mid, 2b, 4b, 8b")
+    p.add_argument("--size", required=True, help="tiny, small, base, mid, 2b, 4b, 8b")
     p.add_argument("--arch", choices=("auto", "shallow", "grown"), default="auto",
                    help="auto: the shallow core model at <= 64 px, the grown model above")
     p.add_argument("--resolution", type=int, default=64)
