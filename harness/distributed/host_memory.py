@@ -3,9 +3,9 @@
 glibc serves an allocation above its mmap threshold (dynamic, at most 32 MB) with mmap and gives it
 back with munmap when it is freed, so the next allocation of that size faults in fresh zeroed pages.
 A CPU training step frees and reallocates its large activations every step. At 1024 px a tiny grown
-model's step (8-channel outer levels, one process on 2 cores) spent most of its time in the kernel
-that way: 7.9 s a step, 3.4 s with large blocks kept on the heap (both thresholds at 2 GiB - 1); its
-peak resident memory went from 1.41 to 1.70 GB. Keeping freed blocks for reuse is what a caching
+model's step (8-channel outer levels, one process on 2 cores) spent about half its time in the
+kernel that way: 7.9 s a step, 3.4 s with large blocks kept on the heap (both thresholds at
+2 GiB - 1); its peak resident memory went from 1.41 to 1.70 GB. Keeping freed blocks for reuse is what a caching
 allocator does (torch's CUDA allocator, jemalloc, tcmalloc).
 
 Applied at start-up by init_distributed, on Linux with glibc. Setting MALLOC_MMAP_THRESHOLD_ in the

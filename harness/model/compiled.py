@@ -3,8 +3,8 @@ convolutions and matmuls: the norms, SiLUs, modulations and residual adds, each 
 memory in eager mode, become fused kernels.
 
 - Each ResBlock is compiled whole (`nn.Module.compile`, in place: parameter names, checkpoints and
-  recomputation through torch.utils.checkpoint are unchanged). All ResBlocks share one forward, so
-  the levels' shapes are guarded variants of the same code (dynamic shapes after the first change).
+  recomputation through torch.utils.checkpoint are unchanged). All ResBlocks share one forward;
+  each level's shapes are a guarded variant of the same compiled code.
 - In each core layer only the adaLN modulation and the gated residuals are compiled: they are pure
   tensor functions between Megatron's linears, so the tensor-parallel collectives, sequence
   parallelism and tensor_parallel.checkpoint run eager, exactly as Megatron runs them.
