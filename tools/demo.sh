@@ -2,7 +2,7 @@
 # The main job on a fresh machine: set up, fetch and shard the emoji data, train the core at 64 px,
 # grow it to 128 px (new levels around the frozen core, then end to end), sample held-out captions
 # at every stage, write images and plots under runs/demo/.
-#   bash tools/demo.sh                 DEMO_MINUTES=5.5 bounds the core, GROW_MINUTES=2 each growth phase
+#   bash tools/demo.sh                 DEMO_MINUTES=5 bounds the core, GROW_MINUTES=1.75 each growth phase
 # Each stage's budget is minutes: it plans the steps that fit them and decays its learning rate by
 # its end (harness/train/budget.py).
 #   DEMO_256=1 bash tools/demo.sh      also grows 128 -> 256 px (keeping the 128 px levels)
@@ -14,13 +14,13 @@ START=$(date +%s)
 bash tools/setup_env.sh
 bash tools/prepare_demo_data.sh
 PY=$VENV/bin/python
-CORE_MIN=${DEMO_MINUTES:-5.5}
-GROW_MIN=${GROW_MINUTES:-2}
+CORE_MIN=${DEMO_MINUTES:-5}
+GROW_MIN=${GROW_MINUTES:-1.75}
 OUT=runs/demo
 
 stage() {   # name config [extra overrides...]: train a stage; an existing run directory resumes
-  echo "[demo] $1"
-  "$PY" -m harness.train --config "$2" "${@:3}"
+  echo "[demo] $1"     # no sample grid at each stage's end: stages.png samples every stage once
+  "$PY" -m harness.train --config "$2" train.num_samples=0 "${@:3}"
 }
 grow() {    # source config [overrides...]: write the next stage's step-0 checkpoint once
   local run; run=$("$PY" -c "import sys; from harness.config import load; print(load(sys.argv[1], sys.argv[2:]).train.run_dir)" "${@:2}")

@@ -63,12 +63,14 @@ class TrainingStage:
 
     @classmethod
     def build(cls, cfg: RunConfig, layout: Layout, *, frozen: list[str] = (), tokenizer: Path | None = None,
-              vocab_size: int | None = None) -> TrainingStage:
+              vocab_size: int | None = None, initialize_core: bool = True) -> TrainingStage:
         """Assemble a fresh stage. The text source comes from `tokenizer` (else the data set's); a
-        `vocab_size` instead builds without any text source (synthetic benchmarks)."""
+        `vocab_size` instead builds without any text source (synthetic benchmarks). Without
+        `initialize_core` the core's Megatron linears skip their random initialisation, for a caller
+        that overwrites them (growing)."""
         text = TextSource(cfg, tokenizer) if vocab_size is None else None
         model = build_stage(cfg, layout, vocab_size=text.vocab_size if text else vocab_size,
-                            text_dim=text.text_dim if text else None, device=device())
+                            text_dim=text.text_dim if text else None, device=device(), initialize=initialize_core)
         freeze(model, list(frozen))
         ddp = wrap_ddp(model, cfg)
         optimizer, scheduler = build_optimizer(ddp, cfg)

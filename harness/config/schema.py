@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     size: str = "tiny"
-    """Key of harness.config.sizes.MODEL_SIZES: tiny, small, base, mid, 2b, 4b, 8b."""
+    """Key of harness.config.sizes.MODEL_SIZES: tiny, small (small-128, small-512), base, mid, 2b, 4b, 8b."""
     arch: str = "shallow"
     """`shallow`: the Shallow-UViT of core pre-training; `grown`: the UNet grown around the core."""
     resolution_px: int = 64
@@ -40,6 +40,10 @@ class ModelConfig:
     Checkpoints record the encoder's name, revision (a fingerprint of its files) and width."""
     dropout: float = 0.0
     """Dropout inside the core."""
+    zero_init: bool = True
+    """Each ResBlock's residual branch (its second convolution) and the RGB exit start at zero, so a
+    new block starts as the identity and a grown model as the v = 0 predictor around its carried
+    core; false: PyTorch's default initialisation (the growth ablation of tools/claims.py)."""
 
 
 @dataclass
@@ -175,7 +179,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Complete checkpoints kept in run_dir (older ones are deleted)."""
     num_samples: int = 8
-    """Held-out captions in each sample grid."""
+    """Held-out captions in each sample grid (0: no grids, e.g. when a later tool samples the stage)."""
     precision: str = "fp32"
     """`fp32`, `bf16` (bf16 weights and compute, fp32 main weights in the optimizer), or `auto`: bf16
     where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),

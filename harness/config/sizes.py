@@ -29,6 +29,9 @@ class ModelSize:
 MODEL_SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(hidden=32, layers=2, heads=2, channels=16, text_width=32, text_layers=1, text_heads=2),
     "small": ModelSize(hidden=256, layers=6, heads=4, channels=128, text_width=128, text_layers=2, text_heads=4),
+    # `small` with a narrower and a wider core (all else equal): the core sizes of claim 1 (tools/claims.py).
+    "small-128": ModelSize(hidden=128, layers=6, heads=2, channels=128, text_width=128, text_layers=2, text_heads=4),
+    "small-512": ModelSize(hidden=512, layers=6, heads=8, channels=128, text_width=128, text_layers=2, text_heads=4),
     # ~50 M parameters: a laptop-scale model with a 512-wide core (the second size of bench_step's peer case).
     "base": ModelSize(hidden=512, layers=10, heads=8, channels=256, text_width=256, text_layers=2, text_heads=4),
     # A mid-size core (~134 M core parameters) for memory-model checks and resharding benchmarks.

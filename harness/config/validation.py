@@ -31,7 +31,7 @@ RANGES = {
     "parallel.bucket_size": ">= 0",
     "train.steps": ">= 1", "train.time_limit_minutes": ">= 0", "train.seed": ">= 0", "train.log_every_steps": ">= 1",
     "train.sample_every_steps": ">= 0", "train.ckpt_every_steps": ">= 1", "train.keep_checkpoints": ">= 1",
-    "train.num_samples": ">= 1", "train.continuity_samples": ">= 0", "train.peak_tflops": ">= 0",
+    "train.num_samples": ">= 0", "train.continuity_samples": ">= 0", "train.peak_tflops": ">= 0",
     "train.profile_ranks": ">= 0",
 }
 

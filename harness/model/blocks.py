@@ -28,18 +28,21 @@ def zero_(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, scale/shift from the conditioning vector, residual path.
 
-    The second convolution starts at zero, so a new block is the identity (plus a 1x1 channel
-    projection where the channel count changes) until it has trained.
+    The second convolution starts at zero (`zero_init`), so a new block is the identity (plus a 1x1
+    channel projection where the channel count changes) until it has trained.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, dropout: float = 0.0,
+                 zero_init: bool = True):
         super().__init__()
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.cond = nn.Linear(cond_dim, 2 * out_channels)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if zero_init:
+            zero_(self.conv2)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

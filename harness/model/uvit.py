@@ -114,6 +114,10 @@ class UViT(MegatronModule):
     def _seeded(self, name: str, build):
         return seeded(self.seed, name, build)
 
+    def _exit(self, conv: nn.Conv2d) -> nn.Conv2d:
+        """The RGB exit convolution: zero (model.zero_init) or as PyTorch initialises it."""
+        return zero_(conv) if self.cfg.zero_init else conv
+
     def _block(self, block: ResBlock, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """A ResBlock, recomputed in backward when it works at recompute_min_px or more (it keeps
         only its inputs; torch's non-reentrant checkpoint restores the RNG state for dropout)."""
@@ -129,13 +133,13 @@ class ShallowUViT(UViT):
         c, h, p = self.size.channels, self.size.hidden, self.patch
         if self.pre_process:
             self.stem = self._seeded("stem", lambda: nn.Conv2d(3, c, p, stride=p))
-            self.enc = self._seeded("enc", lambda: ResBlock(c, c, h, self.cfg.dropout))
+            self.enc = self._seeded("enc", lambda: ResBlock(c, c, h, self.cfg.dropout, self.cfg.zero_init))
         if self.post_process:
-            self.dec = self._seeded("dec", lambda: ResBlock(2 * c, c, h, self.cfg.dropout))
+            self.dec = self._seeded("dec", lambda: ResBlock(2 * c, c, h, self.cfg.dropout, self.cfg.zero_init))
             # Linear in the normalised features (as DiT's final layer): each output pixel of a patch
             # is read from the patch's channels; a SiLU here would discard their negative half,
             # which a 4x4x3 patch in 128 channels cannot spare (250-step loss 0.23 vs 0.44 with it).
-            self.head = self._seeded("head", lambda: nn.Sequential(group_norm(c), zero_(nn.Conv2d(c, 3 * p * p, 1))))
+            self.head = self._seeded("head", lambda: nn.Sequential(group_norm(c), self._exit(nn.Conv2d(c, 3 * p * p, 1))))
 
     @property
     def patch(self) -> int:
@@ -169,16 +173,16 @@ class GrownUViT(UViT):
         if self.pre_process:
             self.stem = self._seeded("stem", lambda: nn.Conv2d(3, ch[-1], 3, padding=1))
             self.enc = nn.ModuleList(self._seeded(f"enc.{i}", lambda i=i: nn.ModuleList(
-                ResBlock(ch[i], ch[i], h, cfg.dropout) for _ in range(bpl))) for i in range(n))
+                ResBlock(ch[i], ch[i], h, cfg.dropout, cfg.zero_init) for _ in range(bpl))) for i in range(n))
             self.down = nn.ModuleList(self._seeded(f"down.{i}", lambda i=i: Downsample(ch[i], inner[i]))
                                       for i in range(n))
         if self.post_process:
-            self.mid = self._seeded("mid", lambda: ResBlock(2 * c, c, h, cfg.dropout))
+            self.mid = self._seeded("mid", lambda: ResBlock(2 * c, c, h, cfg.dropout, cfg.zero_init))
             self.up = nn.ModuleList(self._seeded(f"up.{i}", lambda i=i: Upsample(inner[i], ch[i])) for i in range(n))
             self.dec = nn.ModuleList(self._seeded(f"dec.{i}", lambda i=i: nn.ModuleList(
-                ResBlock(2 * ch[i], ch[i], h, cfg.dropout) for _ in range(bpl + 1))) for i in range(n))
+                ResBlock(2 * ch[i], ch[i], h, cfg.dropout, cfg.zero_init) for _ in range(bpl + 1))) for i in range(n))
             self.head = self._seeded("head", lambda: nn.Sequential(
-                group_norm(ch[-1]), nn.SiLU(), zero_(nn.Conv2d(ch[-1], 3, 3, padding=1))))
+                group_norm(ch[-1]), nn.SiLU(), self._exit(nn.Conv2d(ch[-1], 3, 3, padding=1))))
 
     @property
     def levels(self) -> int:

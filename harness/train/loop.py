@@ -142,6 +142,8 @@ class Run:
             self.background.maybe_finalize_async_calls(blocking=blocking)
 
     def samples(self, name: str) -> None:
+        if not self.cfg.train.num_samples:
+            return
         self.weights_ready()
         s = self.stage
         write_samples(self.run_dir / name, s.model, s.ema, self.cfg, s.text, self.layout, device())

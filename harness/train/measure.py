@@ -79,7 +79,7 @@ def peak_memory_gib(dev: torch.device) -> float:
 @functools.lru_cache(maxsize=None)
 def _machine_rate(dtype: torch.dtype, dev: str, matmul_precision: str) -> float:
     """The matmul rate MFU is stated against, measured once per process, precision and matmul
-    setting (every stage a process trains, e.g. in tests or growth_vs_scratch, shares it)."""
+    setting (every stage a process trains, e.g. in tests or tools/claims.py, shares it)."""
     on_cuda = dev.startswith("cuda")
     return matmul_tflops(dtype, n=8192 if on_cuda else 1024, seconds=0.5, device=dev)
 

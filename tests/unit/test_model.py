@@ -47,6 +47,19 @@ def test_tiny_forward_backward(world, arch, res):
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("head."))
 
 
+def test_zero_init_false_starts_new_blocks_and_the_exit_at_pytorch_defaults(world):
+    """model.zero_init=false (the growth ablation of tools/claims.py): the same weights, except the
+    residual branches and the RGB exit, which are not zero, so the untrained model predicts v != 0."""
+    zero = build_model(ModelConfig(size="tiny", arch="grown", resolution_px=64), vocab_size=50, text_dim=None, seed=0)
+    default = build_model(ModelConfig(size="tiny", arch="grown", resolution_px=64, zero_init=False), vocab_size=50,
+                          text_dim=None, seed=0)
+    differ = {n for (n, a), (_, b) in zip(zero.named_parameters(), default.named_parameters()) if not torch.equal(a, b)}
+    assert differ and all(n.endswith(("conv2.weight", "conv2.bias")) or n.startswith("head.") for n in differ)
+    assert all(n in differ for n, p in zero.named_parameters() if n.endswith("conv2.weight"))
+    x = torch.randn(2, 3, 64, 64)
+    assert default(x, torch.rand(2), _text(drop=torch.tensor([False, True]))).abs().max() > 0
+
+
 def test_precomputed_text_embeddings(world):
     model = build_model(ModelConfig(size="tiny", text_encoder="precomputed"), vocab_size=None, text_dim=12, seed=0)
     text = TextInput(lengths=torch.tensor([2, 5]), emb=torch.randn(2, 5, 12, dtype=torch.float16))

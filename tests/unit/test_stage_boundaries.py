@@ -109,6 +109,13 @@ def test_sampling_during_training_leaves_the_run_unchanged(core):
     assert max_change(weights(core["root"] / "core"), weights(run)) == 0
 
 
+def test_num_samples_0_writes_no_sample_grids(core):
+    run = core["root"] / "unsampled"
+    train(load("configs/tiny/core.yaml", core["data"] + [f"train.run_dir={run}", "train.steps=2",
+                                                         "train.sample_every_steps=1", "train.num_samples=0"]))
+    assert (run / "loss.png").is_file() and not list(run.glob("samples*.png"))
+
+
 def test_the_first_log_of_a_stage_shows_the_loaded_loss(core):
     """init_from logs the loaded weights' loss next to the source's last logged one; no warning."""
     run = core["root"] / "continuity"
