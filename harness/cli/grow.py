@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: train.run_dir {cfg.train.run_dir} already holds a checkpoint; growing would start it over",
                   file=sys.stderr)
             return 2
+        start = time.perf_counter()
         path, plan = grow(args.source, cfg, layout, weights=args.weights)
+        seconds = time.perf_counter() - start
     except (GrowthError, io.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -67,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carried {len(plan.carried)} tensors bit for bit: {_modules(plan.carried)}")
         print(f"dropped {len(plan.dropped)}: {_modules(plan.dropped)}")
         print(f"new {len(plan.new)}: {_modules(plan.new)}")
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         print(f"wrote {path} (stage {cfg.train.stage}, {cfg.model.arch} {cfg.model.resolution_px} px, "
-              f"layout tp={layout.tp} pp={layout.pp} dp={layout.dp})")
+              f"layout tp={layout.tp} pp={layout.pp} dp={layout.dp}; {size / 1e6:.1f} MB) in {seconds:.2f} s: "
+              f"{size / 1e6 / seconds:.0f} MB/s")
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
@@ -60,10 +59,10 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
         raise GrowthError(f"the rule from {src_arch} to {cfg.model.arch} leaves core parameters new "
                           f"({', '.join(uninitialised[:4])}); growing carries the whole core")
 
-    # Copy the carried tensors this rank holds, from the source family, in fp32 (EMA precision).
+    # Load the carried tensors this rank holds, from the source family, straight into the grown
+    # EMA (fp32, local shards); the weights are copied from there.
     mine = {k: sh for k, sh in base.items() if k in set(plan.carried)}
-    buffers = {k: torch.empty(sh.local_shape, dtype=torch.float32, device=sh.data.device) for k, sh in mine.items()}
-    loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", buffers), str(src))
+    loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", stage.ema.shadow), str(src))
     stage.assign({name: loaded[f"{weights}.{name}"] for name in mine})
 
     lineage = src_meta.get("lineage", []) + [{

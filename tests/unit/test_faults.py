@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from harness.checkpoint import io
+from harness.checkpoint import io, state
 from harness.checkpoint.rundir import LOCK_FILE, RunDirLocked
 from harness.config import load
 from harness.train import loop
@@ -182,6 +182,19 @@ def test_non_finite_weights_are_never_saved(world, tiny_overrides, tmp_path, mon
         train(_cfg(tiny_overrides, run, "train.steps=4", "train.ckpt_every_steps=2"))
     assert not (run / io.LATEST).exists() and not list(run.glob("step_*"))
 
+
+
+@pytest.mark.parametrize("family, bad", [("model.", float("nan")), ("ema.", float("-inf")), ("model.", float("inf"))])
+def test_finite_check_names_the_tensor(family, bad):
+    """NaN, inf and -inf anywhere in the weights or the EMA name the first tensor that holds one."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2).bfloat16())
+    ema = loop.EMA(model, 0.9)
+    state._check_finite(1, model, ema)
+    target = dict(model.named_parameters())["1.weight"] if family == "model." else ema.shadow["1.weight"]
+    with torch.no_grad():
+        target[1, 2] = bad
+    with pytest.raises(io.CheckpointError, match=rf"step 1: not saved, the weights are not finite \({family}1\.weight\)"):
+        state._check_finite(1, model, ema)
 
 # --- 6. ranges and time limits -----------------------------------------------------------------------
 
