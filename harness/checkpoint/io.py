@@ -17,7 +17,6 @@ Nothing in a checkpoint is unpickled beyond what `torch.load(weights_only=True)`
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -29,11 +28,10 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
-from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from torch.distributed.checkpoint import FileSystemReader
 
-from harness.checkpoint import safe_pickle
+from harness.checkpoint import safe_pickle, writer_queue
 
 safe_pickle.install()
 
@@ -118,20 +116,6 @@ def versions() -> dict:
     return {"torch": torch.__version__, "megatron_core": version("megatron-core"), "harness": harness}
 
 
-def _start_writer_results_queue() -> None:
-    """Work around a start-up cost of Megatron-core 0.16.1's torch_dist writer.
-
-    Its shard writers (forked processes) report through a queue served by a multiprocessing Manager,
-    which it starts with the "spawn" method on a process's first save
-    (`filesystem_async._get_write_results_queue`). A spawned process imports the launching script
-    again, and with it torch and Megatron: 5.5 s of every grow, reshard and first training save,
-    measured on 2 CPU cores, against 0.1 s for a script that imports nothing. A forked Manager serves
-    the same queue at once; it runs only the Manager's server, never CUDA, like Megatron's own
-    forked writers."""
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
-
-
 def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, keep: int = 2,
          files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
          background: AsyncCallsQueue | None = None) -> Path:
@@ -148,7 +132,7 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
     tmp = _begin(run_dir, final) if _rank() == 0 else run_dir / f".tmp-{final.name}"
     _barrier()
     meta = {"format_version": FORMAT_VERSION, "step": step, "versions": versions(), **meta}
-    _start_writer_results_queue()
+    writer_queue.start()
 
     def complete() -> None:
         if _rank() == 0:
