@@ -88,7 +88,6 @@ class Scorer:
                    chance_top1=align["chance_top1"], real_top1=real["top1"])
         return out, images
 
-
     def against_core(self, grown: torch.Tensor, core: torch.Tensor) -> dict:
         """A grown model's samples area-downsampled to the core's resolution, against the core's own
         samples of the same captions and seeds: their FID (how far growing moved what the core
