@@ -116,6 +116,11 @@ def versions() -> dict:
     return {"torch": torch.__version__, "megatron_core": version("megatron-core"), "harness": harness}
 
 
+def size_bytes(ckpt: str | Path) -> int:
+    """Bytes of a checkpoint directory's files (what a copy of it moves)."""
+    return sum(f.stat().st_size for f in Path(ckpt).iterdir() if f.is_file())
+
+
 def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, keep: int = 2,
          files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
          background: AsyncCallsQueue | None = None) -> Path:

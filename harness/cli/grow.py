@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carried {len(plan.carried)} tensors bit for bit: {_modules(plan.carried)}")
         print(f"dropped {len(plan.dropped)}: {_modules(plan.dropped)}")
         print(f"new {len(plan.new)}: {_modules(plan.new)}")
-        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        size = io.size_bytes(path)
         print(f"wrote {path} (stage {cfg.train.stage}, {cfg.model.arch} {cfg.model.resolution_px} px, "
               f"layout tp={layout.tp} pp={layout.pp} dp={layout.dp}; {size / 1e6:.1f} MB) in {seconds:.2f} s: "
               f"{size / 1e6 / seconds:.0f} MB/s")

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(result: Path, source: Path, how: str, seconds: float) -> None:
-    size = sum(f.stat().st_size for f in source.iterdir() if f.is_file())
+    size = io.size_bytes(source)
     print(f"wrote {result} ({how}) from {source} ({size / 1e6:.1f} MB) in {seconds:.2f} s: {size / 1e6 / seconds:.0f} MB/s")
 
 
