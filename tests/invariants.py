@@ -24,8 +24,12 @@ ROUNDED_FRACTION = 1e-3
 
 
 def weights(ckpt, family: str = "model.") -> dict[str, torch.Tensor]:
-    """Full tensors of one family of a checkpoint (or run directory), in fp32."""
-    return {k: v.float() for k, v in io.read_tensors(io.resolve(ckpt), family).items()}
+    """Full tensors of one family of a checkpoint (or run directory) as a run at its precision loads
+    them, in fp32. (A grown step-0 checkpoint stores its carried weights as the source's fp32 EMA
+    bytes, which a bf16 run rounds as it loads them: harness/checkpoint/splice.py.)"""
+    ckpt = io.resolve(ckpt)
+    bf16 = family == "model." and io.read_meta(ckpt)["precision"] == "bf16"
+    return {k: (v.bfloat16() if bf16 else v).float() for k, v in io.read_tensors(ckpt, family).items()}
 
 
 def max_change(before: dict, after: dict) -> float:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -123,10 +124,11 @@ def size_bytes(ckpt: str | Path) -> int:
 
 def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, keep: int = 2,
          files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
-         background: AsyncCallsQueue | None = None) -> Path:
+         background: AsyncCallsQueue | None = None, amend: Callable[[Path], object] | None = None) -> Path:
     """Collectively write `sharded_state_dict` + meta.json (+ `files`, written under their names)
     as run_dir/step_NNNNNNN, point `latest` at it and prune; return its path. `meta` holds the
-    run_id that pruning goes by; `protect` lists checkpoints pruning must keep.
+    run_id that pruning goes by; `protect` lists checkpoints pruning must keep; `amend` runs on
+    rank 0 on the written folder before it is published (growing splices the carried core in).
 
     With `background` (Megatron's AsyncCallsQueue) the shards are written by a background process
     and this returns at once: meta.json, the rename, `latest` and pruning happen in the request's
@@ -141,6 +143,8 @@ def save(run_dir: str | Path, step: int, sharded_state_dict: dict, meta: dict, k
 
     def complete() -> None:
         if _rank() == 0:
+            if amend is not None:
+                amend(tmp)
             for name, content in (files or {}).items():
                 (tmp / name).write_bytes(content)
             _publish(tmp, final, meta, keep, protect)
@@ -258,7 +262,7 @@ def verify(ckpt_dir: str | Path, tensors: bool = False) -> list[str]:
     try:
         metadata = FileSystemReader(str(ckpt)).read_metadata()
     except Exception as e:  # noqa: BLE001 - any failure to read it is the finding
-        return [_unreadable_metadata(ckpt, e)]
+        return [unreadable_metadata(ckpt, e)]
     ends: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
@@ -282,7 +286,7 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300]
 
 
-def _unreadable_metadata(ckpt: Path, e: Exception) -> str:
+def unreadable_metadata(ckpt: Path, e: Exception) -> str:
     if isinstance(e, safe_pickle.UnsafeCheckpointError):
         return str(e)                                   # names the file and the refused global
     return f"{ckpt / '.metadata'}: cannot be read ({type(e).__name__}: {_one_line(e)})"
@@ -303,7 +307,7 @@ def stored_shapes(ckpt_dir: str | Path) -> dict[str, tuple[int, ...]]:
     try:
         stored = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
     except Exception as e:  # noqa: BLE001 - a crafted, foreign or damaged .metadata
-        raise CheckpointError(_unreadable_metadata(Path(ckpt_dir), e)) from e
+        raise CheckpointError(unreadable_metadata(Path(ckpt_dir), e)) from e
     return {k: tuple(v.global_shape) for k, v in stored.items()}
 
 

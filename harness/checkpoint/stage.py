@@ -21,6 +21,7 @@ import torch
 
 from harness.checkpoint import io
 from harness.checkpoint import state as checkpointing
+from harness.checkpoint.splice import Borrowed
 from harness.checkpoint.state import TrainState
 from harness.config import RunConfig
 from harness.data.text import TextSource
@@ -108,12 +109,14 @@ class TrainingStage:
         """Refresh the optimizer's fp32 main copies from the model's (possibly bf16) weights."""
         self.optimizer.reload_model_params()
 
-    def save(self, run_dir: Path, state: TrainState, protect: tuple[Path, ...] = (), background=None) -> Path:
+    def save(self, run_dir: Path, state: TrainState, protect: tuple[Path, ...] = (), background=None,
+             borrowed: Borrowed | None = None) -> Path:
         """Collectively write this stage's complete training state as a checkpoint of `run_dir`
-        (`protect`: checkpoints that pruning must keep; `background`: an AsyncCallsQueue)."""
+        (`protect`: checkpoints that pruning must keep; `background`: an AsyncCallsQueue; `borrowed`:
+        weights and EMA copied as another checkpoint's bytes instead of from this stage)."""
         return checkpointing.save(run_dir, self.cfg, self.layout, state, self.model, self.ema, self.optimizer,
                                   self.scheduler, self.frozen, self.text.files() if self.text else {}, protect,
-                                  background, self._text_encoder())
+                                  background, self._text_encoder(), borrowed)
 
     def _text_encoder(self) -> dict | None:
         return self.text.identity if self.text else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from harness.checkpoint.sharded import (
     plain_state_dict,
     with_prefix,
 )
+from harness.checkpoint.splice import Borrowed, splice
 from harness.config import RunConfig, to_dict
 from harness.parallel.layout import Layout, precision
 
@@ -52,11 +54,16 @@ def _sharded(model, ema=None, optimizer=None, is_loading: bool = False) -> dict:
 
 def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState, model, ema, optimizer,
          scheduler, frozen: list[str], files: dict[str, bytes] | None = None, protect: tuple[Path, ...] = (),
-         background=None, text_encoder: dict | None = None) -> Path:
+         background=None, text_encoder: dict | None = None, borrowed: Borrowed | None = None) -> Path:
     """Collectively write a complete training checkpoint of this step (in the background with an
     AsyncCallsQueue); non-finite weights or EMA are never written (CheckpointError naming the step
-    and tensor). `text_encoder`: the frozen encoder's {name, revision, dim} (model.text_encoder=hf)."""
-    _check_finite(state.step, model, ema)
+    and tensor). `text_encoder`: the frozen encoder's {name, revision, dim} (model.text_encoder=hf).
+    `borrowed`: weight and EMA keys whose bytes are copied from another checkpoint instead (growing;
+    that checkpoint's save checked them), in a synchronous save."""
+    skip = set(borrowed.keys) if borrowed else set()
+    if skip and background is not None:
+        raise ValueError("a save that borrows tensors from another checkpoint is synchronous")
+    _check_finite(state.step, model, ema, skip)
     meta = {
         "stage": cfg.train.stage, "consumed_samples": state.consumed_samples, "seed": cfg.train.seed,
         "config": to_dict(cfg), "layout": {k: v for k, v in layout.describe().items() if not k.endswith("rank")},
@@ -64,17 +71,23 @@ def save(run_dir: str | Path, cfg: RunConfig, layout: Layout, state: TrainState,
         "precision": precision(cfg), "run_id": state.run_id, "skipped_steps": state.skipped_steps,
         "complete": state.complete, "text_encoder": text_encoder,
     }
-    return io.save(run_dir, state.step, _sharded(model, ema, optimizer), meta, keep=cfg.train.keep_checkpoints,
-                   files=files, protect=protect, background=background)
+    sharded = _sharded(model, ema, optimizer)
+    for family in ("model", "ema"):
+        sharded[family] = {k: v for k, v in sharded[family].items() if k not in skip}
+    return io.save(run_dir, state.step, sharded, meta, keep=cfg.train.keep_checkpoints, files=files,
+                   protect=protect, background=background, amend=partial(splice, borrowed=borrowed) if skip else None)
 
 
-def _check_finite(step: int, model, ema) -> None:
-    """Raise on every rank if any rank holds a non-finite weight or EMA value (collective)."""
+def _check_finite(step: int, model, ema, skip: set[str] = frozenset()) -> None:
+    """Raise on every rank if any rank holds a non-finite weight or EMA value (collective); keys in
+    `skip` are not checked."""
     # One fused max-|x| per tensor (NaN and inf propagate): a single read of each tensor, where
     # `isfinite(t).all()` also writes a bool copy of it (9x slower on a 100 M-element tensor).
-    names, tensors = zip(*[(f"model.{n}", p.detach()) for n, p in model.named_parameters()],
-                         *[(f"ema.{n}", t) for n, t in ema.shadow.items()])
-    peaks = torch.stack(torch._foreach_norm(list(tensors), float("inf"))).float()
+    pairs = [(f"model.{n}", p.detach()) for n, p in model.named_parameters()]
+    pairs += [(f"ema.{n}", t) for n, t in ema.shadow.items()]
+    kept = [(n, t) for n, t in pairs if n not in skip]        # none on a pipeline rank holding only skipped ones
+    names = [n for n, _ in kept]
+    peaks = torch.stack(torch._foreach_norm([t for _, t in kept], float("inf"))).float() if kept else torch.zeros(0)
     bad = next((names[i] for i in torch.nonzero(~torch.isfinite(peaks)).flatten().tolist()), None)
     flag = torch.tensor([float(bad is not None)], device=next(model.parameters()).device)
     if dist.is_initialized() and dist.get_world_size() > 1:

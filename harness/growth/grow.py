@@ -3,25 +3,32 @@
 Runs in any launched world at the target layout: builds the target stage model (new levels
 initialised by their seeded constructors: residual branches and the RGB exit start at zero, so the
 grown model starts as the v = 0 predictor with the carried core untouched), accounts for every
-parameter of both models (harness.growth.rules), copies the carried tensors bit for bit from the
-source checkpoint (whatever layout wrote it), and writes a complete checkpoint: weights, EMA, a
+parameter of both models (harness.growth.rules), and writes a complete checkpoint: weights, EMA, a
 fresh optimizer over the parameters the next stage trains, the frozen set and the lineage.
+
+The carried tensors are not written through the model: their stored bytes are copied from the
+source checkpoint (whatever layout wrote it) into the grown one, named by both its weights and its
+EMA (harness/checkpoint/splice.py), so growing costs a file copy of the core plus writing the new
+levels. They are read into memory only when the next stage trains them (no frozen phase): its
+optimizer's main copies start from them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from harness.checkpoint import io
 from harness.checkpoint.sharded import model_sharded_state_dict, with_prefix
+from harness.checkpoint.splice import Borrowed
 from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState, check_text_encoder
 from harness.config import RunConfig
 from harness.growth.rules import GrowthError, GrowthPlan, plan_growth, rule_for
-from harness.parallel.layout import Layout
+from harness.parallel.layout import Layout, device
 
 
 def _all_shapes(local: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -33,12 +40,22 @@ def _all_shapes(local: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]
     return {k: v for part in everyone for k, v in part.items()}
 
 
+def _on_any_rank(flag: bool) -> bool:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "ema") -> tuple[Path, GrowthPlan]:
     """Write the grown step-0 checkpoint into cfg.train.run_dir; `weights` picks the source family
     (`ema` or `model`) copied into the grown model's weights and EMA."""
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be ema or model, got {weights!r}")
     src = io.resolve(source)
+    if problems := io.verify(src):                 # on every rank, before anything collective
+        raise io.CheckpointError("; ".join(problems))
     src_meta = io.read_meta(src)
     src_arch = src_meta["config"]["model"]["arch"]
     source_shapes = {k.removeprefix("model."): s for k, s in io.stored_shapes(src).items() if k.startswith("model.")}
@@ -59,16 +76,20 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
         raise GrowthError(f"the rule from {src_arch} to {cfg.model.arch} leaves core parameters new "
                           f"({', '.join(uninitialised[:4])}); growing carries the whole core")
 
-    # Load the carried tensors this rank holds, from the source family, straight into the grown
-    # EMA (fp32, local shards); the weights are copied from there.
+    # A trained carried parameter (no frozen phase) needs its value in the optimizer's main copy:
+    # load the ones this rank holds, from the source family, into the EMA and copy them to the weights.
     mine = {k: sh for k, sh in base.items() if k in set(plan.carried)}
-    loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", stage.ema.shadow), str(src))
-    stage.assign({name: loaded[f"{weights}.{name}"] for name in mine})
+    params = dict(stage.model.named_parameters())
+    if _on_any_rank(any(k in params and params[k].requires_grad for k in mine)):
+        loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", stage.ema.shadow), str(src))
+        stage.assign({name: loaded[f"{weights}.{name}"] for name in mine})
+    borrowed = Borrowed(src, {f"{family}.{k}": f"{weights}.{k}" for k in plan.carried for family in ("model", "ema")})
 
     lineage = src_meta.get("lineage", []) + [{
         "checkpoint": str(src.resolve()), "step": src_meta["step"], "stage": src_meta["stage"],
         "resolution_px": src_meta["config"]["model"]["resolution_px"], "weights": weights,
         "carried": len(plan.carried), "dropped": list(plan.dropped), "new": len(plan.new)}]
-    path = stage.save(Path(cfg.train.run_dir), TrainState(step=0, consumed_samples=0, lineage=lineage))
+    path = stage.save(Path(cfg.train.run_dir), TrainState(step=0, consumed_samples=0, lineage=lineage),
+                      borrowed=borrowed)
     return path, plan
 

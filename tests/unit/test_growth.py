@@ -1,6 +1,8 @@
 """Greedy growing: every key accounted for, the core carried bit for bit, the frozen phase."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +145,21 @@ def test_stage_outlives_its_pruned_start_checkpoint(grown, tmp_path):
     train(cfg)
     assert sorted(p.name for p in run.glob("step_*")) == ["step_0000003"]
     assert (run / "step_0000003" / TOKENIZER_FILE).read_bytes() == tokenizer
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_grow_from_a_damaged_core_names_the_file_and_writes_nothing(grown, tmp_path, damage):
+    """Growing copies the core's bytes from its shard files: a damaged one is refused before any
+    save, by name, and the stage's run folder gets no checkpoint."""
+    source = Path(shutil.copytree(io.resolve(grown["root"] / "core"), tmp_path / "core" / "step_0000003"))
+    shard = max(source.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    if damage == "truncated":
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    else:
+        shard.unlink()
+    run = tmp_path / "frozen"
+    cfg = load("configs/tiny/grow-frozen.yaml", grown["data"] + [f"train.run_dir={run}"])
+    with pytest.raises(io.CheckpointError, match=f"{shard}: {damage}"):
+        grow(source, cfg, initialize_layout(1, 1))
+    assert not (run / io.LATEST).exists() and not list(run.glob("step_*"))

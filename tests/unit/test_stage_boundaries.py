@@ -12,7 +12,14 @@ import torch
 from invariants import NEGLIGIBLE, assert_held, max_change, weights
 
 from harness.checkpoint import io
-from harness.checkpoint.reshard import export_safetensors, import_safetensors
+from harness.checkpoint.reshard import (
+    export_safetensors,
+    import_safetensors,
+    load_stage,
+)
+from harness.checkpoint.splice import CARRIED_FILE
+from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
+from harness.checkpoint.state import TrainState
 from harness.config import load
 from harness.growth.grow import grow
 from harness.parallel.layout import initialize_layout
@@ -61,6 +68,40 @@ def test_grow_frozen_then_finetune_keep_the_loaded_weights(core):
         f"train.run_dir={root / 'finetune'}", f"train.init_from={root / 'frozen'}", "train.steps=1"])
     train(finetune)
     assert_held(weights(root / "frozen"), weights(root / "finetune"))
+
+
+@pytest.mark.parametrize("stage", ["grow-frozen", "grow-finetune"])
+def test_grown_checkpoint_is_the_core_written_through_the_grown_model(core, stage):
+    """Growing copies the carried core's stored bytes (splice.py) instead of writing them through the
+    model. Every stored tensor equals that of a checkpoint written the slow way: the core's EMA
+    loaded into the grown stage (new levels from the same seeded constructors), then saved; the
+    carried weights are the fp32 EMA bytes, equal once rounded to the run's weight dtype as a load
+    rounds them. Growing straight into fine-tuning also gives the trained core its optimizer main
+    copies. The grown checkpoint stays whole after its source is gone."""
+    root, layout = core["root"] / stage, initialize_layout(1, 1)
+    cfg = lambda run: load(f"configs/tiny/{stage}.yaml", core["data"] + GROWN + [  # noqa: E731
+        f"train.run_dir={run}", "train.init_from="])
+    source = Path(shutil.copytree(io.resolve(core["root"] / "core"), root / "source" / "step_core"))
+    spliced, plan = grow(source, cfg(root / "spliced"), layout)
+    assert (spliced / CARRIED_FILE).is_file()
+    frozen = list(plan.carried) if stage == "grow-frozen" else []
+    reference = TrainingStage.build(cfg(root / "reference"), layout, frozen=frozen,
+                                    tokenizer=bundled_tokenizer(source), initialize_core=False)
+    core_ema = io.read_tensors(source, "ema.")
+    reference.assign({k: core_ema[k] for k in plan.carried})
+    written = reference.save(root / "reference", TrainState(lineage=io.read_meta(spliced)["lineage"]))
+    expected = io.read_tensors(written)
+    shutil.rmtree(source)                                 # the grown checkpoint holds its own bytes
+    found = io.read_tensors(spliced)
+    assert found.keys() == expected.keys()
+    for key, tensor in expected.items():
+        carried = key.partition(".")[2] in plan.carried
+        assert found[key].dtype == tensor.dtype or (carried and key.startswith("model.")), key
+        assert torch.equal(found[key].to(tensor.dtype), tensor), key
+    _, state = load_stage(spliced, layout)                # restores in its precision
+    assert state.step == 0 and io.read_meta(spliced)["frozen"] == sorted(frozen)
+    trained_core = [k for k in expected if k.startswith("optimizer.") and ".core." in k]
+    assert bool(trained_core) == (stage == "grow-finetune")
 
 
 def test_import_then_resume_keeps_the_imported_weights(core):
