@@ -260,9 +260,9 @@ def verify(ckpt_dir: str | Path, tensors: bool = False) -> list[str]:
     except CheckpointError as e:
         return [str(e)]
     try:
-        metadata = FileSystemReader(str(ckpt)).read_metadata()
-    except Exception as e:  # noqa: BLE001 - any failure to read it is the finding
-        return [unreadable_metadata(ckpt, e)]
+        metadata = dcp_metadata(ckpt)
+    except CheckpointError as e:
+        return [str(e)]
     ends: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
@@ -286,7 +286,15 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300]
 
 
-def unreadable_metadata(ckpt: Path, e: Exception) -> str:
+def dcp_metadata(ckpt: str | Path):
+    """torch's `.metadata` of a checkpoint (restricted unpickler); CheckpointError naming the file."""
+    try:
+        return FileSystemReader(str(ckpt)).read_metadata()
+    except Exception as e:  # noqa: BLE001 - a crafted, foreign or damaged .metadata
+        raise CheckpointError(_unreadable_metadata(Path(ckpt), e)) from e
+
+
+def _unreadable_metadata(ckpt: Path, e: Exception) -> str:
     if isinstance(e, safe_pickle.UnsafeCheckpointError):
         return str(e)                                   # names the file and the refused global
     return f"{ckpt / '.metadata'}: cannot be read ({type(e).__name__}: {_one_line(e)})"
@@ -307,7 +315,7 @@ def stored_shapes(ckpt_dir: str | Path) -> dict[str, tuple[int, ...]]:
     try:
         stored = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
     except Exception as e:  # noqa: BLE001 - a crafted, foreign or damaged .metadata
-        raise CheckpointError(unreadable_metadata(Path(ckpt_dir), e)) from e
+        raise CheckpointError(_unreadable_metadata(Path(ckpt_dir), e)) from e
     return {k: tuple(v.global_shape) for k, v in stored.items()}
 
 

@@ -18,7 +18,6 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import MetadataIndex
 
@@ -35,13 +34,6 @@ class Borrowed:
     keys: dict[str, str]
 
 
-def _metadata(ckpt: Path):
-    try:
-        return FileSystemReader(str(ckpt)).read_metadata()     # the restricted unpickler (io installs it)
-    except Exception as e:  # noqa: BLE001 - a crafted, foreign or damaged .metadata
-        raise io.CheckpointError(io.unreadable_metadata(ckpt, e)) from e
-
-
 def _copy_range(src, dst, offset: int, length: int, name: Path) -> None:
     """`length` bytes of `src` from `offset` to the end of `dst`, in the kernel (copy_file_range)."""
     while length:
@@ -56,11 +48,9 @@ def splice(target: Path, borrowed: Borrowed) -> int:
     by dist_checkpointing.save, not yet published) and record them in its `.metadata`; returns the
     bytes copied. Raises CheckpointError naming the file if a source tensor is missing or truncated."""
     source, wanted = Path(borrowed.source), borrowed.keys
-    src, dst = _metadata(source), _metadata(target)
+    src, dst = io.dcp_metadata(source), io.dcp_metadata(target)
     if missing := sorted(k for k in set(wanted.values()) if k not in src.state_dict_metadata):
         raise io.CheckpointError(f"{source}: does not store {', '.join(missing[:4])} ({len(missing)} in all)")
-    if clash := sorted(k for k in wanted if k in dst.state_dict_metadata):
-        raise ValueError(f"{target}: already stores {', '.join(clash[:4])}; a borrowed tensor is not written")
     chunks: dict[str, list] = {}
     for index, info in src.storage_data.items():
         chunks.setdefault(index.fqn, []).append((index, info))

@@ -12,7 +12,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from harness.checkpoint import io
 from harness.checkpoint.sharded import (
@@ -22,7 +21,7 @@ from harness.checkpoint.sharded import (
 )
 from harness.checkpoint.splice import Borrowed, splice
 from harness.config import RunConfig, to_dict
-from harness.parallel.layout import Layout, precision
+from harness.parallel.layout import Layout, max_over_ranks, precision
 
 
 @dataclass
@@ -89,10 +88,7 @@ def _check_finite(step: int, model, ema, skip: set[str] = frozenset()) -> None:
     names = [n for n, _ in kept]
     peaks = torch.stack(torch._foreach_norm([t for _, t in kept], float("inf"))).float() if kept else torch.zeros(0)
     bad = next((names[i] for i in torch.nonzero(~torch.isfinite(peaks)).flatten().tolist()), None)
-    flag = torch.tensor([float(bad is not None)], device=next(model.parameters()).device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item():
+    if max_over_ranks(float(bad is not None)):
         where = bad or "a tensor of another rank"
         raise io.CheckpointError(f"step {step}: not saved, the weights are not finite ({where}); "
                                  "the last good checkpoint stays `latest`")

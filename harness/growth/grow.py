@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
@@ -28,7 +27,7 @@ from harness.checkpoint.stage import TrainingStage, bundled_tokenizer
 from harness.checkpoint.state import TrainState, check_text_encoder
 from harness.config import RunConfig
 from harness.growth.rules import GrowthError, GrowthPlan, plan_growth, rule_for
-from harness.parallel.layout import Layout, device
+from harness.parallel.layout import Layout, max_over_ranks
 
 
 def _all_shapes(local: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -38,14 +37,6 @@ def _all_shapes(local: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, local)
     return {k: v for part in everyone for k, v in part.items()}
-
-
-def _on_any_rank(flag: bool) -> bool:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device())
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "ema") -> tuple[Path, GrowthPlan]:
@@ -78,9 +69,10 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
 
     # A trained carried parameter (no frozen phase) needs its value in the optimizer's main copy:
     # load the ones this rank holds, from the source family, into the EMA and copy them to the weights.
-    mine = {k: sh for k, sh in base.items() if k in set(plan.carried)}
+    carried = set(plan.carried)
+    mine = {k: sh for k, sh in base.items() if k in carried}
     params = dict(stage.model.named_parameters())
-    if _on_any_rank(any(k in params and params[k].requires_grad for k in mine)):
+    if max_over_ranks(float(any(k in params and params[k].requires_grad for k in mine))):
         loaded = dist_checkpointing.load(with_prefix(mine, f"{weights}.", stage.ema.shadow), str(src))
         stage.assign({name: loaded[f"{weights}.{name}"] for name in mine})
     borrowed = Borrowed(src, {f"{family}.{k}": f"{weights}.{k}" for k in plan.carried for family in ("model", "ema")})

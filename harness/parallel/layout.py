@@ -75,6 +75,15 @@ def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def max_over_ranks(value: float) -> float:
+    """The largest `value` over all ranks (collective; itself without a process group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    reduced = torch.tensor([value], dtype=torch.float64, device=device())
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return float(reduced.item())
+
+
 def native_bf16() -> bool:
     """Whether this rank's device computes bf16 natively: a CUDA GPU with bf16, or a CPU with
     AVX512-BF16 or AMX. Elsewhere oneDNN emulates bf16; on an AVX2-only EPYC a bf16 matmul ran at

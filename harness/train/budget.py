@@ -15,11 +15,8 @@ import math
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
-
 from harness.config import RunConfig
-from harness.parallel.layout import device
+from harness.parallel.layout import max_over_ranks
 
 MIN_STEPS = 10           # steps measured before planning (the first step, with its start-up, is left out)
 MIN_FRACTION = 0.1       # ... and at least this share of the time limit
@@ -67,7 +64,7 @@ class TimeBudget:
         if measured < MIN_STEPS or now - self.began < MIN_FRACTION * self.limit_s:
             return None
         self.planned = True
-        step_s = _slowest(spent / measured)
+        step_s = max_over_ranks(spent / measured)      # the slowest rank
         left = max(self.limit_s - (now - self.began), 0.0)
         steps = min(configured_steps, step + max(math.floor(MARGIN * left / step_s), 1))
         warmup = fitted_warmup(self.warmup, steps)
@@ -79,9 +76,3 @@ def fitted_warmup(warmup: int, steps: int) -> int:
     return min(warmup, max(steps // 10, 1))
 
 
-def _slowest(seconds: float) -> float:
-    """The largest value over the ranks (collective)."""
-    value = torch.tensor([seconds], dtype=torch.float64, device=device())
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return float(value.item())
