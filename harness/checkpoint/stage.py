@@ -67,15 +67,16 @@ class TrainingStage:
               vocab_size: int | None = None, initialize_core: bool = True) -> TrainingStage:
         """Assemble a fresh stage. The text source comes from `tokenizer` (else the data set's); a
         `vocab_size` instead builds without any text source (synthetic benchmarks). Without
-        `initialize_core` the core's Megatron linears skip their random initialisation, for a caller
-        that overwrites them (growing)."""
+        `initialize_core` the core's Megatron linears skip their random initialisation and its EMA
+        is allocated, not copied, for a caller that overwrites them (growing)."""
         text = TextSource(cfg, tokenizer) if vocab_size is None else None
         model = build_stage(cfg, layout, vocab_size=text.vocab_size if text else vocab_size,
                             text_dim=text.text_dim if text else None, device=device(), initialize=initialize_core)
         freeze(model, list(frozen))
         ddp = wrap_ddp(model, cfg)
         optimizer, scheduler = build_optimizer(ddp, cfg)
-        return cls(cfg, layout, text, model, ddp, optimizer, scheduler, EMA(model, cfg.optim.ema_decay), list(frozen))
+        ema = EMA(model, cfg.optim.ema_decay, uninitialised=() if initialize_core else ("core.",))
+        return cls(cfg, layout, text, model, ddp, optimizer, scheduler, ema, list(frozen))
 
     def restore(self, ckpt: Path) -> TrainState:
         """Load a complete training state: weights, EMA, optimizer (with its main copies), schedule.

@@ -15,9 +15,14 @@ class EMA:
     is not dominated by the initial weights.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, *, uninitialised: tuple[str, ...] = ()):
+        """`uninitialised`: name prefixes of parameters built without an initialisation, which the
+        caller overwrites (growing): their shadow is allocated, not copied from garbage (an 8 B core
+        would read and write 32 GB for nothing)."""
         self.decay = decay
-        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+        self.shadow = {name: torch.empty(p.shape, dtype=torch.float32, device=p.device)
+                       if name.startswith(uninitialised) else p.detach().float().clone()
+                       for name, p in model.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, num_updates: int) -> None:
