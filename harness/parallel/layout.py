@@ -76,8 +76,8 @@ def _destroy_groups() -> None:
     Megatron's destroy_model_parallel only forgets most of its groups, and every gloo group keeps a
     thread that wakes about 100 times a second to poll its sockets. One layout makes ~20 groups, so
     a process that lays out run after run (experiments, tools, tests) slowed down with each: 360
-    leaked threads cost 0.35 s user + 1.4 s sys per idle 5 s here, and 2,600 of them took the test
-    suite to 10x its time. torch keeps no public list of groups; its registry is read here.
+    leaked threads cost 0.35 s user + 1.4 s sys per idle 5 s here, and 2,600 of them made the last
+    tests of the suite 10-50x slower. torch keeps no public list of groups; its registry is read here.
     """
     parallel_state.destroy_model_parallel()     # destroys its gloo data-parallel groups itself
     registry = dist.distributed_c10d._world.pg_map

@@ -2,17 +2,20 @@
 process groups instead of adding to them."""
 
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from harness.config import load
 from harness.parallel.layout import initialize_layout
+from harness.train.loop import train
 
 
 def _gloo_threads() -> int:
     """Threads of this process that poll a gloo group's sockets (Linux names them gloo_tcp_loop)."""
-    tasks = f"/proc/{os.getpid()}/task"
-    return sum(1 for t in os.listdir(tasks) if open(f"{tasks}/{t}/comm").read().strip() == "gloo_tcp_loop")
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return sum(1 for t in tasks.iterdir() if (t / "comm").read_text().strip() == "gloo_tcp_loop")
 
 
 def test_a_new_layout_destroys_the_previous_ones_groups(world):
@@ -26,3 +29,15 @@ def test_a_new_layout_destroys_the_previous_ones_groups(world):
     value = torch.ones(2)
     dist.all_reduce(value, group=layout.dp_group)          # the new layout's groups work
     assert value.tolist() == [1.0, 1.0]
+
+
+def test_bf16_runs_in_one_process_do_not_add_threads(world, tiny_overrides, tmp_path):
+    """What experiments do: bf16 runs with the distributed optimizer, one after another in one
+    process; each lays out its own groups and the next run's layout destroys them."""
+    args = tiny_overrides + ["train.steps=1", "optim.decay_steps=1", "train.precision=bf16",
+                             "parallel.distributed_optimizer=true"]
+    counts = []
+    for i in range(3):
+        train(load(None, args + [f"train.run_dir={tmp_path / f'run{i}'}"]))
+        counts.append(_gloo_threads())
+    assert counts[0] == counts[1] == counts[2], counts
