@@ -3,6 +3,7 @@
     python tools/bench_step.py [--steps 6] [--json bench_step.json]
     python tools/bench_step.py --cases peer --rounds 3 --precisions fp32   # harness vs diffusers UNet
     python tools/bench_step.py --profile --steps 3            # top operators of the `small` step
+    python tools/bench_step.py --grown --precisions bf16      # also the demo's grown 128 px step
     python tools/bench_step.py --cases gpu                    # on a GPU (tools/gpu_check.sh runs it)
 
 In one process it measures (1) this machine's dense matrix-multiply rate per precision, (2) the full
@@ -45,6 +46,7 @@ from harness.parallel.layout import device, initialize_layout
 from harness.train.synthetic import synthetic_step
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GROWN = dict(arch="grown", res=128, batch=8)     # the demo's grow stages (configs/demo/grow-*.yaml)
 # diffusers UNet2DConditionModel in pixel space, two sizes, each paired with the harness size it matches.
 PEER_UNET = dict(sample_size=64, in_channels=3, out_channels=3,
                  down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -67,30 +69,30 @@ def _timed(fn, steps: int, warmup: int = 1) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _train_step(precision: str, batch: int, size: str, res: int, compile_: bool = False):
+def _train_step(precision: str, batch: int, size: str, res: int, compile_: bool = False, arch: str = "shallow"):
     """(step, model): the full harness training step (Megatron schedule, DDP, optimizer) on random data."""
-    cfg = load(None, [f"model.size={size}", f"model.resolution_px={res}", f"parallel.micro_batch={batch}",
+    cfg = load(None, [f"model.size={size}", f"model.arch={arch}", f"model.resolution_px={res}", f"parallel.micro_batch={batch}",
                       f"parallel.global_batch={batch}", f"train.precision={precision}", "train.matmul_precision=medium",
                       f"train.compile={compile_}"])
     return synthetic_step(cfg, initialize_layout(1, 1))
 
 
 def bench_train_step(precision: str, steps: int, batch: int = 32, size: str = "small", res: int = 64,
-                     compile_: bool = False) -> dict:
+                     compile_: bool = False, arch: str = "shallow") -> dict:
     """One full harness training step, timed, with its FLOPs counted."""
-    step, model = _train_step(precision, batch, size, res, compile_)
+    step, model = _train_step(precision, batch, size, res, compile_, arch)
     with torch._dynamo.config.patch(disable=True):  # counted eager: compiled kernels bypass the counter
         flops = count_flops(step)
     seconds = _timed(step, steps, warmup=2 if compile_ else 1)
-    return {"what": f"{size} {res}px train step, batch {batch}" + (", compiled" if compile_ else ""), "precision": precision,
+    return {"what": f"{size} {arch} {res}px train step, batch {batch}" + (", compiled" if compile_ else ""), "precision": precision,
             "params": sum(p.numel() for p in model.parameters()), "seconds_per_step": seconds,
             "images_per_s": batch / seconds, "tflop_per_step": flops / 1e12, "tflops": flops / seconds / 1e12}
 
 
 def profile_train_step(precision: str, steps: int = 3, batch: int = 32, size: str = "small", res: int = 64,
-                       compile_: bool = False, rows: int = 15) -> str:
+                       compile_: bool = False, arch: str = "shallow", rows: int = 15) -> str:
     """torch.profiler's table of the step's top operators by self time (after one warm-up step)."""
-    step, _ = _train_step(precision, batch, size, res, compile_)
+    step, _ = _train_step(precision, batch, size, res, compile_, arch)
     step()
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
@@ -208,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-sizes", nargs="+", choices=tuple(PEER_SIZES), default=list(PEER_SIZES))
     parser.add_argument("--compile", action="store_true", help="the harness steps with train.compile=true")
     parser.add_argument("--profile", action="store_true",
-                        help="print torch.profiler's top operators of the `small` 64 px step per precision, and stop")
+                        help="print torch.profiler's top operators of the `small` 64 px step (and, with --grown, "
+                             "the grown 128 px step) per precision, and stop")
+    parser.add_argument("--grown", action="store_true",
+                        help="also the demo's grow step: `small` grown to 128 px (3 new levels), batch 8")
     args = parser.parse_args(argv)
     init_distributed()
     torch.set_float32_matmul_precision("medium")
@@ -218,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.precisions:
             print(f"\n`small` 64 px train step, batch 32, {name}, {args.steps} steps profiled:\n"
                   f"{profile_train_step(name, args.steps, compile_=args.compile)}", flush=True)
+            if args.grown:
+                print(f"\n`small` grown 128 px train step, batch 8, {name}, {args.steps} steps profiled:\n"
+                      f"{profile_train_step(name, args.steps, **GROWN, compile_=args.compile)}", flush=True)
         return 0
     if args.cases == "gpu":
         return _gpu_main(args)
@@ -226,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     for precision in args.precisions:
         if args.cases == "all":
             rows += [bench_train_step(precision, args.steps, compile_=args.compile), bench_core(precision, args.steps)]
+            if args.grown:
+                rows.append(bench_train_step(precision, args.steps, **GROWN, compile_=args.compile))
         for size in args.peer_sizes if args.cases == "peer" else ():
             if pair := peer_pair(size, precision, args.steps, args.rounds, args.compile):
                 rows += pair

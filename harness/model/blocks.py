@@ -12,10 +12,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that normalises a bf16 channels-last CPU tensor in channels-first layout.
+
+    The levels keep their maps channels-last (harness/model/uvit.py), but ATen's bf16 channels-last
+    GroupNorm backward on CPU is slow when a group holds few channels: at 32 channels in 32 groups,
+    (8, 32, 128, 128), forward + backward took 92 ms against 19 ms through channels-first, and it was
+    38% of the 128 px demo step (BENCHMARKS.md). fp32 and CUDA tensors take the module's own path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not x.is_contiguous():
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+def group_norm(channels: int) -> GroupNorm:
     """GroupNorm with up to 32 groups that divide the channels."""
     groups = math.gcd(32, channels)
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return GroupNorm(groups, channels, eps=1e-6)
 
 
 def zero_(module: nn.Module) -> nn.Module:

@@ -107,3 +107,29 @@ def test_sdpa_slot_matches_megatron_dot_product_attention(world, mask_type):
     out_sdpa, _ = attn["sdpa"](x, attention_mask=mask)
     out_ref, _ = attn["megatron"](x, attention_mask=mask)
     torch.testing.assert_close(out_sdpa, out_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_group_norm_on_channels_last_maps_matches_torch_and_keeps_the_layout(dtype):
+    """The levels' GroupNorm (bf16 CPU maps normalised channels-first, for speed) computes what
+    nn.GroupNorm computes, gradients included, and hands back a channels-last map."""
+    from harness.model.blocks import group_norm
+    torch.manual_seed(0)
+    ours = group_norm(32).to(dtype)
+    ref = torch.nn.GroupNorm(32, 32, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        for p in (*ours.parameters(), *ref.parameters()):
+            p.copy_(torch.randn_like(p))
+        ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 32, 16, 16).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+    outs = []
+    for module in (ours, ref):
+        xi = x.detach().clone().requires_grad_()
+        y = module(xi)
+        y.backward(grad)
+        outs.append((y, xi.grad, module.weight.grad, module.bias.grad))
+    assert outs[0][0].is_contiguous(memory_format=torch.channels_last)
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    for a, b in zip(outs[0], outs[1]):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
