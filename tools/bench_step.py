@@ -71,7 +71,9 @@ def _timed(fn, steps: int, warmup: int = 1) -> float:
 
 def _train_step(precision: str, batch: int, size: str, res: int, compile_: bool = False, arch: str = "shallow"):
     """(step, model): the full harness training step (Megatron schedule, DDP, optimizer) on random data."""
-    cfg = load(None, [f"model.size={size}", f"model.arch={arch}", f"model.resolution_px={res}", f"parallel.micro_batch={batch}",
+    stage = "core" if arch == "shallow" else "grow-finetune"       # every parameter trains in both
+    cfg = load(None, [f"model.size={size}", f"model.arch={arch}", f"train.stage={stage}",
+                      f"model.resolution_px={res}", f"parallel.micro_batch={batch}",
                       f"parallel.global_batch={batch}", f"train.precision={precision}", "train.matmul_precision=medium",
                       f"train.compile={compile_}"])
     return synthetic_step(cfg, initialize_layout(1, 1))
