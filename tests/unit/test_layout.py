@@ -14,8 +14,16 @@ from harness.train.loop import train
 
 def _gloo_threads() -> int:
     """Threads of this process that poll a gloo group's sockets (Linux names them gloo_tcp_loop)."""
-    tasks = Path(f"/proc/{os.getpid()}/task")
-    return sum(1 for t in tasks.iterdir() if (t / "comm").read_text().strip() == "gloo_tcp_loop")
+    return sum(_thread_name(t) == "gloo_tcp_loop" for t in Path(f"/proc/{os.getpid()}/task").iterdir())
+
+
+def _thread_name(task: Path) -> str:
+    """A thread's name, or "" for one that exited after the directory was listed (a data loader's or
+    checkpoint writer's thread can end at any moment)."""
+    try:
+        return (task / "comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def test_a_new_layout_destroys_the_previous_ones_groups(world):
