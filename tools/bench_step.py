@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n`small` 64 px train step, batch 32, {name}, {args.steps} steps profiled:\n"
                   f"{profile_train_step(name, args.steps, compile_=args.compile)}", flush=True)
             if args.grown:
-                print(f"\n`small` grown 128 px train step, batch 8, {name}, {args.steps} steps profiled:\n"
+                print(f"\n`small` grown {GROWN['res']} px train step, batch {GROWN['batch']}, {name}, "
+                      f"{args.steps} steps profiled:\n"
                       f"{profile_train_step(name, args.steps, **GROWN, compile_=args.compile)}", flush=True)
         return 0
     if args.cases == "gpu":

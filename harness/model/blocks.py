@@ -22,7 +22,8 @@ class GroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not x.is_contiguous():
+        if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 

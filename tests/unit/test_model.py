@@ -9,6 +9,7 @@ from megatron.core.transformer.enums import AttnMaskType
 
 from harness.config import ModelConfig
 from harness.config.sizes import MODEL_SIZES
+from harness.model.blocks import group_norm
 from harness.model.conditioning import TextInput
 from harness.model.core import SDPAttention, core_transformer_config
 from harness.model.uvit import build_model
@@ -113,14 +114,13 @@ def test_sdpa_slot_matches_megatron_dot_product_attention(world, mask_type):
 def test_group_norm_on_channels_last_maps_matches_torch_and_keeps_the_layout(dtype):
     """The levels' GroupNorm (bf16 CPU maps normalised channels-first, for speed) computes what
     nn.GroupNorm computes, gradients included, and hands back a channels-last map."""
-    from harness.model.blocks import group_norm
     torch.manual_seed(0)
     ours = group_norm(32).to(dtype)
-    ref = torch.nn.GroupNorm(32, 32, eps=1e-6).to(dtype)
     with torch.no_grad():
-        for p in (*ours.parameters(), *ref.parameters()):
+        for p in ours.parameters():
             p.copy_(torch.randn_like(p))
-        ref.load_state_dict(ours.state_dict())
+    ref = torch.nn.GroupNorm(32, 32, eps=1e-6).to(dtype)
+    ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 32, 16, 16).to(dtype).contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(x)
     outs = []
