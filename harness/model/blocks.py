@@ -28,9 +28,21 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
+GROUP_MIN_CHANNELS = 4
+
+
 def group_norm(channels: int) -> GroupNorm:
-    """GroupNorm with up to 32 groups that divide the channels."""
+    """GroupNorm with up to 32 groups that divide the channels, each of at least GROUP_MIN_CHANNELS
+    channels where the channels allow (32 groups from 128 channels up, as in DDPM's UNets).
+
+    One channel per group would normalise every channel of every image on its own (instance norm).
+    That is what the 32-channel outer levels of a grown model had: grown from the same demo core,
+    with 8 groups instead of 32 the 128 px stages reached a lower held-out loss (0.110 against 0.142)
+    and a better FID (376 against 423; RESULTS.md). The parameters do not depend on the grouping.
+    """
     groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < GROUP_MIN_CHANNELS:
+        groups //= 2
     return GroupNorm(groups, channels, eps=1e-6)
 
 

@@ -110,6 +110,15 @@ def test_sdpa_slot_matches_megatron_dot_product_attention(world, mask_type):
     torch.testing.assert_close(out_sdpa, out_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [8, 16, 24, 32, 48, 64, 96, 128, 256, 384, 512])
+def test_group_norm_groups_hold_at_least_four_channels(channels):
+    """No level normalises each channel on its own (instance norm): a group holds >= 4 channels,
+    and 32 groups are used from 128 channels up (the grown levels have 32 and 64 channels)."""
+    groups = group_norm(channels).num_groups
+    assert channels % groups == 0 and channels // groups >= 4 and groups <= 32
+    assert groups == 32 or channels < 128
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_group_norm_on_channels_last_maps_matches_torch_and_keeps_the_layout(dtype):
     """The levels' GroupNorm (bf16 CPU maps normalised channels-first, for speed) computes what
@@ -119,7 +128,7 @@ def test_group_norm_on_channels_last_maps_matches_torch_and_keeps_the_layout(dty
     with torch.no_grad():
         for p in ours.parameters():
             p.copy_(torch.randn_like(p))
-    ref = torch.nn.GroupNorm(32, 32, eps=1e-6).to(dtype)
+    ref = torch.nn.GroupNorm(ours.num_groups, 32, eps=1e-6).to(dtype)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 32, 16, 16).to(dtype).contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(x)
