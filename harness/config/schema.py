@@ -50,6 +50,11 @@ class ModelConfig:
 class DiffusionConfig:
     base_resolution_px: int = 64
     """Resolution whose cosine schedule is unshifted; logSNR shift = 2 log(base / resolution)."""
+    detail_base_px: int = 0
+    """0: the shift for base_resolution_px at every t. Above base_resolution_px: simple diffusion's
+    interpolated schedule, the shift moving linearly in t from base_resolution_px's at t = 1 to this
+    base's at t = 0 (less noise on the steps that make the finest detail; the largest structure keeps
+    the noise level the core was trained at)."""
     logsnr_min: float = -15.0
     """Lowest log-SNR of the schedule (t = 1)."""
     logsnr_max: float = 15.0

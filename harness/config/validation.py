@@ -92,6 +92,9 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
                  f"got {len(m.level_channels)}")
     _require(d.sampler in ("ddim", "ancestral"), source, "diffusion.sampler", f"must be ddim or ancestral, got {d.sampler!r}")
     _require(d.logsnr_min < d.logsnr_max, source, "diffusion.logsnr_min", "must be below diffusion.logsnr_max")
+    _require(d.detail_base_px == 0 or d.detail_base_px > d.base_resolution_px, source, "diffusion.detail_base_px",
+             f"must be 0 (no interpolation) or above diffusion.base_resolution_px ({d.base_resolution_px}), "
+             f"got {d.detail_base_px}")
     _require(o.min_lr <= o.lr, source, "optim.min_lr", f"({o.min_lr}) must not exceed optim.lr ({o.lr})")
     _require(cfg.data.on_corrupt in ("error", "skip"), source, "data.on_corrupt",
              f"must be error or skip, got {cfg.data.on_corrupt!r}")

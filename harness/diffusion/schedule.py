@@ -1,8 +1,10 @@
 """Continuous-time cosine noise schedule in log-SNR, shifted by resolution (simple diffusion).
 
 t in [0, 1]; alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr), alpha^2 + sigma^2 = 1.
-Hoogeboom et al. 2023, "simple diffusion", §3.1 (interpolated cosine with clipped ends) and
-§3.2 (shift the log-SNR by 2 log(base / resolution) so a larger image is noisier at equal t).
+Hoogeboom et al. 2023, "simple diffusion", §3.1: the cosine schedule with clipped ends; its log-SNR
+shifted by 2 log(base / resolution) so a larger image is noisier at equal t; and the interpolated
+schedule, whose shift moves linearly in t from the base resolution's (t = 1) to a second, higher
+base's (t = 0), so the low-noise steps that make the finest detail are less noisy.
 """
 
 from __future__ import annotations
@@ -31,13 +33,25 @@ def alpha_sigma(logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Schedule:
-    """The schedule of one training resolution: t -> log-SNR (the only state is its constants)."""
+    """The schedule of one training resolution: t -> log-SNR (the only state is its constants).
+
+    With `detail_base_px` (> base_resolution_px) the shift is interpolated: shift(t) = t·shift(base)
+    + (1 - t)·shift(detail_base), simple diffusion's `logsnr_schedule_cosine_shifted_interpolated`."""
 
     def __init__(self, resolution_px: int, base_resolution_px: int = 64, logsnr_min: float = -15.0,
-                 logsnr_max: float = 15.0):
+                 logsnr_max: float = 15.0, detail_base_px: int = 0):
         self.shift = resolution_shift(resolution_px, base_resolution_px)
+        self.detail_shift = resolution_shift(resolution_px, detail_base_px) if detail_base_px else self.shift
         self.logsnr_min, self.logsnr_max = logsnr_min, logsnr_max
+
+    @classmethod
+    def of(cls, resolution_px: int, d) -> Schedule:
+        """The schedule a run config's `diffusion` section (`d`) gives a model at `resolution_px`."""
+        return cls(resolution_px, d.base_resolution_px, d.logsnr_min, d.logsnr_max, d.detail_base_px)
 
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         """log-SNR at times t (any shape)."""
-        return logsnr_cosine(t, shift=self.shift, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
+        if self.detail_shift == self.shift:
+            return logsnr_cosine(t, shift=self.shift, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
+        unshifted = logsnr_cosine(t, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
+        return unshifted + t * self.shift + (1 - t) * self.detail_shift

@@ -35,8 +35,7 @@ def per_sample_losses(model: UViT, cfg: RunConfig, layout: Layout, x0: torch.Ten
                       batch_size: int = 32) -> torch.Tensor:
     """v-MSE (n, len(times)) float64 of images x0 (n, 3, R, R) in [-1, 1] with their captions; every
     rank of the model's pipeline calls it with the same arguments."""
-    d = cfg.diffusion
-    schedule = Schedule(cfg.model.resolution_px, d.base_resolution_px, d.logsnr_min, d.logsnr_max)
+    schedule = Schedule.of(cfg.model.resolution_px, cfg.diffusion)
     device = next(model.parameters()).device
     forward = stage_forward(model, cfg, layout)
     was_training = model.training

@@ -50,7 +50,7 @@ def sample_captions(model: UViT, cfg: RunConfig, layout: Layout, text: TextInput
                     guidance_scale: float | None = None) -> torch.Tensor:
     """Images (n, 3, R, R) in [-1, 1] for n captions; every rank of the model's pipeline calls it."""
     d, res = cfg.diffusion, cfg.model.resolution_px
-    schedule = Schedule(res, d.base_resolution_px, d.logsnr_min, d.logsnr_max)
+    schedule = Schedule.of(res, d)
     n = len(indices)
     device = next(model.parameters()).device
     forward = stage_forward(model, cfg, layout)

@@ -55,8 +55,7 @@ class StepRunner:
     def __init__(self, ddp, optimizer, scheduler, cfg: RunConfig, layout: Layout, spec: PackSpec):
         self.ddp, self.optimizer, self.scheduler = ddp, optimizer, scheduler
         self.cfg, self.layout, self.spec = cfg, layout, spec
-        self.schedule = Schedule(cfg.model.resolution_px, cfg.diffusion.base_resolution_px,
-                                 cfg.diffusion.logsnr_min, cfg.diffusion.logsnr_max)
+        self.schedule = Schedule.of(cfg.model.resolution_px, cfg.diffusion)
         self.forward_backward = get_forward_backward_func()
         # The schedule calls this after the last micro-batch's backward: the data-parallel gradient
         # reduction. Each step's compute is timed up to it (the wait there for peers left out).

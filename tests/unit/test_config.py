@@ -35,6 +35,7 @@ def test_defaults_and_overrides(tmp_path):
     (["train.stage=grow-frozen"], "does not fit model.arch 'shallow'"),
     (["train.verify=1"], "unknown key train.verify"),
     (["data.verify_checksums=3"], "expected true or false"),
+    (["diffusion.detail_base_px=64"], "diffusion.detail_base_px must be 0 (no interpolation) or above"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:

@@ -35,6 +35,19 @@ def test_resolution_shift():
     assert (Schedule(256).logsnr(t) - Schedule(64).logsnr(t)).item() == pytest.approx(2 * math.log(64 / 256))
 
 
+def test_interpolated_schedule_moves_from_base_shift_to_detail_shift():
+    """simple diffusion's interpolated schedule: the base resolution's shift at t = 1, the detail
+    base's at t = 0, linear in t between; without a detail base, exactly the shifted schedule."""
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    shifted, interpolated = Schedule(128), Schedule(128, detail_base_px=128)
+    assert torch.equal(Schedule(128, detail_base_px=0).logsnr(t), shifted.logsnr(t))
+    assert interpolated.logsnr(t[-1:]).item() == pytest.approx(shifted.logsnr(t[-1:]).item())
+    assert interpolated.logsnr(t[:1]).item() == pytest.approx(Schedule(128, base_resolution_px=128).logsnr(t[:1]).item())
+    gap = interpolated.logsnr(t) - shifted.logsnr(t)          # (1 - t) * 2 log 2: less noise towards t = 0
+    assert torch.allclose(gap, (1 - t) * 2 * math.log(2))
+    assert torch.all(interpolated.logsnr(t)[1:] < interpolated.logsnr(t)[:-1])
+
+
 def test_v_parameterisation_inverts():
     x0, noise = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 8, 8, dtype=torch.float64)
     logsnr = torch.tensor([-5.0, 0.0, 2.0, 9.0], dtype=torch.float64)
