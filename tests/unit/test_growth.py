@@ -163,3 +163,15 @@ def test_grow_from_a_damaged_core_names_the_file_and_writes_nothing(grown, tmp_p
     with pytest.raises(io.CheckpointError, match=f"{shard}: {damage}"):
         grow(source, cfg, initialize_layout(1, 1))
     assert not (run / io.LATEST).exists() and not list(run.glob("step_*"))
+
+
+def test_a_grow_that_fails_after_its_copy_started_leaves_nothing(grown, tmp_path):
+    """The carried bytes are copied into a staging file while the grown stage is built: a grow that
+    fails after that (here its plan: the target is not of a higher resolution) removes the file and
+    writes no checkpoint."""
+    run = tmp_path / "frozen"
+    cfg = load("configs/tiny/grow-frozen.yaml", grown["data"] + [f"train.run_dir={run}", "model.resolution_px=64"])
+    with pytest.raises(GrowthError, match="higher resolution than the source"):
+        grow(grown["root"] / "core", cfg, initialize_layout(1, 1))
+    assert list(run.iterdir()) == []
+
