@@ -36,6 +36,8 @@ MODEL_SIZES: dict[str, ModelSize] = {
     "base": ModelSize(hidden=512, layers=10, heads=8, channels=256, text_width=256, text_layers=2, text_heads=4),
     # A mid-size core (~134 M core parameters) for memory-model checks and resharding benchmarks.
     "mid": ModelSize(hidden=1024, layers=8, heads=16, channels=128, text_width=256, text_layers=2, text_heads=4),
+    # `mid` with 16 layers (~270 M core parameters): its grown checkpoint holds over 1 GB (growth benchmark).
+    "mid-16": ModelSize(hidden=1024, layers=16, heads=16, channels=128, text_width=256, text_layers=2, text_heads=4),
     "2b": ModelSize(hidden=2048, layers=30, heads=16, channels=256, text_width=1024, text_layers=6, text_heads=16),
     "4b": ModelSize(hidden=3072, layers=26, heads=24, channels=384, text_width=1024, text_layers=6, text_heads=16),
     "8b": ModelSize(hidden=4096, layers=30, heads=32, channels=512, text_width=1024, text_layers=6, text_heads=16),
