@@ -9,8 +9,8 @@ fresh optimizer over the parameters the next stage trains, the frozen set and th
 The carried tensors are not written through the model: their stored bytes are copied from the
 source checkpoint (whatever layout wrote it) into the grown one, named by both its weights and its
 EMA (harness/checkpoint/splice.py), so growing costs a file copy of the core plus writing the new
-levels, and the copy runs while the grown stage is built and written. They are read into memory only when the next stage trains them (no frozen phase): its
-optimizer's main copies start from them.
+levels, and the copy runs while the grown stage is built and written. They are read into memory
+only when the next stage trains them (no frozen phase): its optimizer's main copies start from them.
 """
 
 from __future__ import annotations
