@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from harness.config import DiffusionConfig
+
 
 def resolution_shift(resolution_px: int, base_resolution_px: int = 64) -> float:
     """log-SNR shift 2·log(base/resolution): 0 at the base resolution, negative above it."""
@@ -45,7 +47,7 @@ class Schedule:
         self.logsnr_min, self.logsnr_max = logsnr_min, logsnr_max
 
     @classmethod
-    def of(cls, resolution_px: int, d) -> Schedule:
+    def of(cls, resolution_px: int, d: DiffusionConfig) -> Schedule:
         """The schedule a run config's `diffusion` section (`d`) gives a model at `resolution_px`."""
         return cls(resolution_px, d.base_resolution_px, d.logsnr_min, d.logsnr_max, d.detail_base_px)
 

@@ -70,17 +70,17 @@ def grow(source: str | Path, cfg: RunConfig, layout: Layout, *, weights: str = "
 
 def _grow(src: Path, src_meta: dict, source_shapes: dict, carried: list[str], borrowed: Borrowed, cfg: RunConfig,
           layout: Layout, weights: str) -> tuple[Path, GrowthPlan]:
+    src_model = src_meta["config"]["model"]
     stage = TrainingStage.build(cfg, layout, frozen=carried if cfg.train.stage == "grow-frozen" else [],
                                 tokenizer=bundled_tokenizer(src), initialize_core=False)
     check_text_encoder(src, src_meta, stage.text.identity)
     base = model_sharded_state_dict(stage.model)
     plan = plan_growth(source_shapes, _all_shapes({k: tuple(sh.global_shape) for k, sh in base.items()}),
-                       src_meta["config"]["model"]["arch"], cfg.model.arch,
-                       src_meta["config"]["model"]["resolution_px"], cfg.model.resolution_px)
+                       src_model["arch"], cfg.model.arch, src_model["resolution_px"], cfg.model.resolution_px)
 
     if uninitialised := [n for n in plan.new if n.startswith("core.")]:
-        raise GrowthError(f"the rule from {src_meta['config']['model']['arch']} to {cfg.model.arch} leaves core "
-                          f"parameters new ({', '.join(uninitialised[:4])}); growing carries the whole core")
+        raise GrowthError(f"the rule from {src_model['arch']} to {cfg.model.arch} leaves core parameters new "
+                          f"({', '.join(uninitialised[:4])}); growing carries the whole core")
 
     # A trained carried parameter (no frozen phase) needs its value in the optimizer's main copy:
     # load the ones this rank holds, from the source family, into the EMA and copy them to the weights.
@@ -93,7 +93,7 @@ def _grow(src: Path, src_meta: dict, source_shapes: dict, carried: list[str], bo
 
     lineage = src_meta.get("lineage", []) + [{
         "checkpoint": str(src.resolve()), "step": src_meta["step"], "stage": src_meta["stage"],
-        "resolution_px": src_meta["config"]["model"]["resolution_px"], "weights": weights,
+        "resolution_px": src_model["resolution_px"], "weights": weights,
         "carried": len(plan.carried), "dropped": list(plan.dropped), "new": len(plan.new)}]
     path = stage.save(Path(cfg.train.run_dir), TrainState(step=0, consumed_samples=0, lineage=lineage),
                       borrowed=borrowed)

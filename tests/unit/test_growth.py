@@ -174,4 +174,3 @@ def test_a_grow_that_fails_after_its_copy_started_leaves_nothing(grown, tmp_path
     with pytest.raises(GrowthError, match="higher resolution than the source"):
         grow(grown["root"] / "core", cfg, initialize_layout(1, 1))
     assert list(run.iterdir()) == []
-
