@@ -45,6 +45,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not match the model; the message names it."""
 
 
+class IncompatibleCheckpoint(CheckpointError):
+    """A readable checkpoint that this run's config cannot use (another frozen text encoder, another
+    `diffusion.prediction`): the config is what to fix, so a resume never sets the checkpoint aside."""
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 

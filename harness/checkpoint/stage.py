@@ -82,7 +82,7 @@ class TrainingStage:
         """Load a complete training state: weights, EMA, optimizer (with its main copies), schedule.
         With optim.override_schedule the learning rates are this config's, not the checkpoint's."""
         state = checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler,
-                                      text_encoder=self._text_encoder())
+                                      text_encoder=self._text_encoder(), prediction=self.cfg.diffusion.prediction)
         if self.cfg.optim.override_schedule:
             override_learning_rates(self.optimizer, self.scheduler, self.cfg)
         return state
@@ -90,8 +90,8 @@ class TrainingStage:
     def load_weights(self, ckpt: Path) -> TrainState:
         """Start from another checkpoint's weights and EMA, with this stage's fresh optimizer and
         schedule; returns a step-0 state whose lineage ends with that checkpoint."""
-        loaded = checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler,
-                                       with_optimizer=False, text_encoder=self._text_encoder())
+        loaded = checkpointing.restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler, with_optimizer=False,
+                                       text_encoder=self._text_encoder(), prediction=self.cfg.diffusion.prediction)
         self._weights_changed()
         return TrainState(lineage=loaded.lineage + [{"checkpoint": str(Path(ckpt).resolve()), "step": loaded.step,
                                                       "stage": io.read_meta(ckpt)["stage"]}])

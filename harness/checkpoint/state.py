@@ -95,22 +95,34 @@ def _check_finite(step: int, model, ema, skip: set[str] = frozenset()) -> None:
 
 
 def check_text_encoder(ckpt_dir: str | Path, meta: dict, found: dict | None) -> None:
-    """Raise CheckpointError (one line naming the checkpoint and both encoders) if the checkpoint
+    """Raise IncompatibleCheckpoint (one line naming the checkpoint and both encoders) if the checkpoint
     was trained with another frozen text encoder than `found` (name, revision or width)."""
     recorded = meta.get("text_encoder")
     if recorded and found and recorded != found:
         show = lambda e: f"{e['name']} (revision {e['revision']}, {e['dim']}-d)"  # noqa: E731
-        raise io.CheckpointError(f"{ckpt_dir}: trained with text encoder {show(recorded)}, but "
+        raise io.IncompatibleCheckpoint(f"{ckpt_dir}: trained with text encoder {show(recorded)}, but "
                                  f"model.text_encoder_path gives {show(found)}; point it at the encoder the "
                                  "checkpoint was trained with")
 
 
+def check_prediction(ckpt_dir: str | Path, meta: dict, prediction: str) -> None:
+    """Raise IncompatibleCheckpoint (one line) if the checkpoint's network predicts another quantity
+    (`diffusion.prediction`) than this run's: its output layer would be trained as the other one."""
+    recorded = meta["config"].get("diffusion", {}).get("prediction", "v")
+    if recorded != prediction:
+        raise io.IncompatibleCheckpoint(f"{ckpt_dir}: its network predicts {recorded} (diffusion.prediction), this run's "
+                                 f"config says {prediction}; set diffusion.prediction={recorded}, or grow a new "
+                                 "output layer with tools/grow.py")
+
+
 def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer: bool = True,
-            text_encoder: dict | None = None) -> TrainState:
+            text_encoder: dict | None = None, prediction: str = "v") -> TrainState:
     """Load a checkpoint into this rank's model (and EMA, optimizer, schedule); return its TrainState.
-    `text_encoder`: this run's frozen encoder, refused if the checkpoint records another."""
+    `text_encoder`: this run's frozen encoder, refused if the checkpoint records another; `prediction`:
+    what this run's network predicts, refused if the checkpoint's predicts another."""
     meta = io.read_meta(ckpt_dir)
     check_text_encoder(ckpt_dir, meta, text_encoder)
+    check_prediction(ckpt_dir, meta, prediction)
     families = ("model.", "ema.") + (("optimizer.",) if with_optimizer else ())
     request = _sharded(model, ema, optimizer if with_optimizer else None, is_loading=True)
     loaded = io.load(ckpt_dir, request, families)

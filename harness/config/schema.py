@@ -59,6 +59,8 @@ class DiffusionConfig:
     """Lowest log-SNR of the schedule (t = 1)."""
     logsnr_max: float = 15.0
     """Highest log-SNR of the schedule (t = 0)."""
+    prediction: str = "v"
+    """What the network outputs: `v`, or `x` (the clean image; Li & He 2025). The loss is on v either way."""
     caption_drop_prob: float = 0.1
     """Probability of training a sample with the null caption (classifier-free guidance)."""
     sampler: str = "ddim"

@@ -91,6 +91,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
                  f"needs {levels} entries (one per level from {m.resolution_px} px down to {m.core_grid}), "
                  f"got {len(m.level_channels)}")
     _require(d.sampler in ("ddim", "ancestral"), source, "diffusion.sampler", f"must be ddim or ancestral, got {d.sampler!r}")
+    _require(d.prediction in ("v", "x"), source, "diffusion.prediction", f"must be v or x, got {d.prediction!r}")
     _require(d.logsnr_min < d.logsnr_max, source, "diffusion.logsnr_min", "must be below diffusion.logsnr_max")
     _require(d.detail_base_px == 0 or d.detail_base_px > d.base_resolution_px, source, "diffusion.detail_base_px",
              f"must be 0 (no interpolation) or above diffusion.base_resolution_px ({d.base_resolution_px}), "

@@ -1,6 +1,9 @@
 """v-prediction objective (Salimans & Ho 2022): the forward process, the target, the loss.
 
 z_t = alpha x + sigma eps;  v = alpha eps - sigma x;  x = alpha z - sigma v;  eps = sigma z + alpha v.
+The loss is on v whatever the network predicts. A network may predict x instead (`diffusion.prediction`,
+Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): its v is (alpha z - x̂) / sigma,
+so a pixel-space network need not reproduce the noise pixel by pixel to remove it.
 Per-sample randomness (t, noise, caption drop) is a pure function of (seed, stream position), so a
 run draws the same noise for the same sample whatever its data-parallel size, and a resumed run
 needs no generator state beyond the number of samples consumed.
@@ -30,6 +33,22 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, logsnr: torch.Tensor) -> tor
     """v = alpha noise - sigma x0."""
     alpha, sigma = alpha_sigma(logsnr)
     return _bcast(alpha, x0) * noise - _bcast(sigma, x0) * x0
+
+
+SIGMA_FLOOR = 0.05
+"""Training's lower bound on sigma in (alpha z - x) / sigma for an x prediction: it caps the v loss's
+weight on x at 1 / 0.05^2 = 400 near t = 0 (Li & He's t_eps)."""
+
+
+def v_of(out: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor, prediction: str,
+         sigma_floor: float = 0.0) -> torch.Tensor:
+    """The v a network output implies at z_t: the output itself (`prediction` v) or, for an x
+    prediction, (alpha z - x̂) / max(sigma, sigma_floor) (exact with no floor), in fp32 or better."""
+    if prediction == "v":
+        return out
+    x_hat = out.to(torch.promote_types(out.dtype, torch.float32))      # bf16 outputs divided in fp32
+    alpha, sigma = alpha_sigma(logsnr)
+    return (_bcast(alpha, x_hat) * z.to(x_hat.dtype) - x_hat) / _bcast(sigma.clamp_min(sigma_floor), x_hat)
 
 
 def x0_eps_from_v(z: torch.Tensor, v: torch.Tensor, logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 
 from harness.config import RunConfig
+from harness.diffusion.objective import v_of
+from harness.diffusion.schedule import Schedule
 from harness.model.conditioning import TextInput
 from harness.model.uvit import UViT
 from harness.parallel.layout import Layout
@@ -13,10 +15,19 @@ from harness.parallel.pipeline import pack, pack_spec, unpack
 
 
 def stage_forward(model: UViT, cfg: RunConfig, layout: Layout):
-    """(z, t, text) -> v on every rank of a pipeline: each stage runs its part, activations go forward
-    with point-to-point sends, and the last stage broadcasts v back to all stages."""
-    if layout.pp == 1:
-        return model
+    """(z, t, text) -> v on every rank of the model's pipeline, whatever the network predicts
+    (`diffusion.prediction`)."""
+    net = model if layout.pp == 1 else _pipeline_forward(model, cfg, layout)
+    if cfg.diffusion.prediction == "v":
+        return net
+    schedule = Schedule.of(cfg.model.resolution_px, cfg.diffusion)
+    return lambda z, t, text: v_of(net(z, t, text), z, schedule.logsnr(t), cfg.diffusion.prediction)
+
+
+def _pipeline_forward(model: UViT, cfg: RunConfig, layout: Layout):
+    """(z, t, text) -> the network's output on every rank of a pipeline: each stage runs its part,
+    activations go forward with point-to-point sends, and the last stage broadcasts the output back
+    to all stages."""
     spec = pack_spec(model, cfg)
 
     def forward(z: torch.Tensor, t: torch.Tensor, text: TextInput) -> torch.Tensor:
@@ -28,10 +39,10 @@ def stage_forward(model: UViT, cfg: RunConfig, layout: Layout):
             state = unpack(packed, spec)
         state = model.run_layers(state)
         if layout.is_last_stage:
-            v = model.finish(state).float()
+            out = model.finish(state).float()
         else:
             dist.send(pack(state, spec), dst=layout.pp_next_rank)
-            v = torch.empty(z.shape, dtype=torch.float32, device=z.device)
-        dist.broadcast(v, src=layout.pp_last_rank, group=layout.pp_group)
-        return v
+            out = torch.empty(z.shape, dtype=torch.float32, device=z.device)
+        dist.broadcast(out, src=layout.pp_last_rank, group=layout.pp_group)
+        return out
     return forward

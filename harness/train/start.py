@@ -55,7 +55,8 @@ class Start:
 def load_start(stage: TrainingStage, run_dir: Path, init_from: str) -> Start:
     """Restore the run directory's latest readable checkpoint, else start from init_from's weights,
     else from scratch. An unreadable checkpoint is renamed `corrupt-step_N` (kept for inspection)
-    and the previous one taken, loudly; the one fallen back to is protected from pruning."""
+    and the previous one taken, loudly; the one fallen back to is protected from pruning. One that
+    this config cannot use (io.IncompatibleCheckpoint) is left as it is and the error raised."""
     candidate = from_rank0(_latest_name(run_dir))
     fell_back = False
     while candidate is not None:
@@ -65,6 +66,8 @@ def load_start(stage: TrainingStage, run_dir: Path, init_from: str) -> Start:
             try:
                 state = stage.restore(ckpt)
                 return Start(state, ckpt, True, (ckpt,) if fell_back else ())
+            except io.IncompatibleCheckpoint:
+                raise                          # readable; the config is what to fix
             except io.CheckpointError as e:
                 problems = [str(e)]
         candidate = from_rank0(_fall_back(run_dir, ckpt, problems) if stage.layout.rank == 0 else None)

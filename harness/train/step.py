@@ -25,7 +25,14 @@ from megatron.core.tensor_parallel import (
 )
 
 from harness.config import RunConfig
-from harness.diffusion.objective import diffuse, draw, v_loss, v_target
+from harness.diffusion.objective import (
+    SIGMA_FLOOR,
+    diffuse,
+    draw,
+    v_loss,
+    v_of,
+    v_target,
+)
 from harness.diffusion.schedule import Schedule
 from harness.eval.flops import count_flops
 from harness.model.conditioning import TextInput
@@ -43,8 +50,8 @@ class MicroBatch:
     positions: list[int]      # stream positions: they seed each sample's noise, time and caption drop
 
 
-def _loss_func(target: torch.Tensor, v: torch.Tensor):
-    loss = v_loss(v, target).mean()
+def _loss_func(target: torch.Tensor, v_of_output: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor):
+    loss = v_loss(v_of_output(out), target).mean()
     # Megatron divides the returned loss by the number of micro-batches in place: report a copy.
     return loss, {"loss": loss.detach().clone()}
 
@@ -87,7 +94,17 @@ class StepRunner:
         if not self.layout.is_last_stage:
             packed = pack(state, self.spec)
             return (scatter_to_sequence_parallel_region(packed) if sp else packed), None
-        return stage.finish(state), functools.partial(_loss_func, v_target(mb.x0, noise, logsnr))
+        return stage.finish(state), functools.partial(_loss_func, *self._v_target_and_map(mb.x0, noise, logsnr))
+
+    def _v_target_and_map(self, x0, noise, logsnr):
+        """The v target and the map from the network's output to v (`diffusion.prediction`); for an x
+        prediction both go through the same sigma floor, so the floor only caps the loss's weight."""
+        prediction = self.cfg.diffusion.prediction
+        if prediction == "v":
+            return v_target(x0, noise, logsnr), lambda out: out
+        z = diffuse(x0, noise, logsnr)
+        to_v = functools.partial(v_of, z=z, logsnr=logsnr, prediction=prediction, sigma_floor=SIGMA_FLOOR)
+        return to_v(x0), to_v
 
     def accumulate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:
         """Forward and backward over this rank's micro-batches; gradients end up data-parallel reduced

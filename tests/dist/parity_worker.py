@@ -6,7 +6,8 @@ For each TPxPP layout (DP = world / (TP*PP)) it builds the model from the same s
 steps on the same global batches, and writes (with dist_checkpointing, so any layout can be read
 back at TP=PP=1) the gradients of the third step and the weights after it, plus the losses.
 A layout may carry flags: `sp` sequence parallelism, `rc` recomputation of the core layers, `rf`
-full recomputation (core and every ResBlock), `ov` overlapped gradient reduce and parameter gather.
+full recomputation (core and every ResBlock), `ov` overlapped gradient reduce and parameter gather,
+`xp` a network that predicts x (`diffusion.prediction=x`), `bf` bf16.
 Also importable: `run_layout` is the reference when called in a one-process world.
 """
 
@@ -35,7 +36,8 @@ STEPS = 3
 
 FLAGS = {"sp": ["parallel.sequence_parallel=true"], "rc": ["parallel.recompute=core"],
          "rf": ["parallel.recompute=full", "parallel.recompute_min_px=16"],
-         "ov": ["parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true", "parallel.bucket_size=20000"]}
+         "ov": ["parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true", "parallel.bucket_size=20000"],
+         "xp": ["diffusion.prediction=x"], "bf": ["train.precision=bf16"]}
 
 
 def overrides(data: Path, tp: int, pp: int, distributed_optimizer: bool, flags: str = "") -> list[str]:

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from harness.diffusion.objective import diffuse, draw, v_loss, v_target, x0_eps_from_v
+from harness.diffusion.objective import (
+    SIGMA_FLOOR,
+    diffuse,
+    draw,
+    v_loss,
+    v_of,
+    v_target,
+    x0_eps_from_v,
+)
 from harness.diffusion.samplers import guided, sample
 from harness.diffusion.schedule import (
     Schedule,
@@ -61,6 +69,25 @@ def test_v_parameterisation_inverts():
     true[1, 0, 0, 0] += 3.0                                     # sample 1: one error of 1 instead of -2
     torch.testing.assert_close(v_loss(pred, true), torch.tensor([1.0, (11 * 4 + 1) / 12]))
     assert v_loss(pred.bfloat16(), true.bfloat16()).dtype == torch.float32
+
+
+def test_an_x_prediction_maps_to_the_v_it_implies():
+    """prediction x: the true image maps to the true v, and the sampler's x̂0 of the mapped v is the
+    network's x̂ (exact without a floor); training's floor scales prediction and target alike, so
+    below it the loss weight on x is capped at 1 / floor^2; prediction v is the output itself."""
+    x0, noise = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    logsnr = torch.tensor([-5.0, 0.0, 2.0, 9.0, 14.0], dtype=torch.float64)
+    z = diffuse(x0, noise, logsnr)
+    torch.testing.assert_close(v_of(x0, z, logsnr, "x").double(), v_target(x0, noise, logsnr), rtol=1e-5, atol=1e-5)
+    x_hat = x0 + 0.1 * torch.randn_like(x0)
+    torch.testing.assert_close(x0_eps_from_v(z, v_of(x_hat, z, logsnr, "x").double(), logsnr)[0], x_hat,
+                               rtol=1e-4, atol=1e-4)
+    _, sigma = alpha_sigma(logsnr)
+    loss = v_loss(v_of(x_hat, z, logsnr, "x", SIGMA_FLOOR), v_of(x0, z, logsnr, "x", SIGMA_FLOOR))
+    weight = 1 / sigma.clamp_min(SIGMA_FLOOR) ** 2
+    torch.testing.assert_close(loss.double(), weight * (x_hat - x0).pow(2).flatten(1).mean(1), rtol=1e-4, atol=0)
+    assert weight[-1] == pytest.approx(1 / SIGMA_FLOOR**2) and sigma[-1] < SIGMA_FLOOR
+    assert v_of(x_hat, z, logsnr, "v") is x_hat
 
 
 def test_draws_depend_only_on_seed_and_position():
