@@ -61,6 +61,9 @@ class DiffusionConfig:
     """Highest log-SNR of the schedule (t = 0)."""
     prediction: str = "v"
     """What the network outputs: `v`, or `x` (the clean image; Li & He 2025). The loss is on v either way."""
+    x_sigma_floor: float = 0.05
+    """With prediction x: training's lower bound on sigma in v = (alpha z - x) / sigma, which caps the
+    loss's weight on x at 1 / floor^2 near t = 0 (Li & He's t_eps)."""
     caption_drop_prob: float = 0.1
     """Probability of training a sample with the null caption (classifier-free guidance)."""
     sampler: str = "ddim"

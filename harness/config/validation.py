@@ -21,7 +21,7 @@ RANGES = {
     "model.resolution_px": ">= 1", "model.core_grid": ">= 1", "model.level_channels": ">= 1",
     "model.blocks_per_level": ">= 1", "model.text_max_len": ">= 1", "model.dropout": "[0, 1)",
     "diffusion.base_resolution_px": ">= 1", "diffusion.caption_drop_prob": "[0, 1)", "diffusion.sample_steps": ">= 1",
-    "diffusion.guidance_scale": ">= 0",
+    "diffusion.guidance_scale": ">= 0", "diffusion.x_sigma_floor": "(0, 1)",
     "data.seed": ">= 0", "data.max_corrupt": ">= 0",
     "optim.lr": "> 0", "optim.min_lr": ">= 0", "optim.warmup_steps": ">= 0", "optim.decay_steps": ">= 0",
     "optim.weight_decay": ">= 0", "optim.beta1": "[0, 1)", "optim.beta2": "[0, 1)", "optim.eps": "> 0",

@@ -35,11 +35,6 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, logsnr: torch.Tensor) -> tor
     return _bcast(alpha, x0) * noise - _bcast(sigma, x0) * x0
 
 
-SIGMA_FLOOR = 0.05
-"""Training's lower bound on sigma in (alpha z - x) / sigma for an x prediction: it caps the v loss's
-weight on x at 1 / 0.05^2 = 400 near t = 0 (Li & He's t_eps)."""
-
-
 def v_of(out: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor, prediction: str,
          sigma_floor: float = 0.0) -> torch.Tensor:
     """The v a network output implies at z_t: the output itself (`prediction` v) or, for an x

@@ -26,7 +26,6 @@ from megatron.core.tensor_parallel import (
 
 from harness.config import RunConfig
 from harness.diffusion.objective import (
-    SIGMA_FLOOR,
     diffuse,
     draw,
     v_loss,
@@ -103,7 +102,8 @@ class StepRunner:
         if prediction == "v":
             return v_target(x0, noise, logsnr), lambda out: out
         z = diffuse(x0, noise, logsnr)
-        to_v = functools.partial(v_of, z=z, logsnr=logsnr, prediction=prediction, sigma_floor=SIGMA_FLOOR)
+        to_v = functools.partial(v_of, z=z, logsnr=logsnr, prediction=prediction,
+                                 sigma_floor=self.cfg.diffusion.x_sigma_floor)
         return to_v(x0), to_v
 
     def accumulate(self, microbatches: list[MicroBatch] | None, num_microbatches: int) -> float:

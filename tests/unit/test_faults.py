@@ -199,7 +199,8 @@ def test_finite_check_names_the_tensor(family, bad):
 # --- 6. ranges and time limits -----------------------------------------------------------------------
 
 BAD = ["train.time_limit_minutes=-1", "optim.beta2=1.5", "optim.weight_decay=-1", "parallel.timeout_s=inf",
-       "optim.clip_grad=nan", "optim.eps=0", "data.on_corrupt=ignore"]
+       "optim.clip_grad=nan", "optim.eps=0", "data.on_corrupt=ignore", "diffusion.prediction=eps",
+       "diffusion.x_sigma_floor=0"]
 
 
 @pytest.mark.parametrize("override", BAD)
