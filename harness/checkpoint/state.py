@@ -101,8 +101,8 @@ def check_text_encoder(ckpt_dir: str | Path, meta: dict, found: dict | None) -> 
     if recorded and found and recorded != found:
         show = lambda e: f"{e['name']} (revision {e['revision']}, {e['dim']}-d)"  # noqa: E731
         raise io.IncompatibleCheckpoint(f"{ckpt_dir}: trained with text encoder {show(recorded)}, but "
-                                 f"model.text_encoder_path gives {show(found)}; point it at the encoder the "
-                                 "checkpoint was trained with")
+                                        f"model.text_encoder_path gives {show(found)}; point it at the encoder "
+                                        "the checkpoint was trained with")
 
 
 def check_prediction(ckpt_dir: str | Path, meta: dict, prediction: str) -> None:
@@ -110,9 +110,9 @@ def check_prediction(ckpt_dir: str | Path, meta: dict, prediction: str) -> None:
     (`diffusion.prediction`) than this run's: its output layer would be trained as the other one."""
     recorded = meta["config"].get("diffusion", {}).get("prediction", "v")
     if recorded != prediction:
-        raise io.IncompatibleCheckpoint(f"{ckpt_dir}: its network predicts {recorded} (diffusion.prediction), this run's "
-                                 f"config says {prediction}; set diffusion.prediction={recorded}, or grow a new "
-                                 "output layer with tools/grow.py")
+        raise io.IncompatibleCheckpoint(f"{ckpt_dir}: its network predicts {recorded} (diffusion.prediction), "
+                                        f"this run's config says {prediction}; set diffusion.prediction={recorded}, "
+                                        "or grow a new output layer with tools/grow.py")
 
 
 def restore(ckpt_dir: Path, model, ema, optimizer, scheduler, *, with_optimizer: bool = True,

@@ -25,13 +25,7 @@ from megatron.core.tensor_parallel import (
 )
 
 from harness.config import RunConfig
-from harness.diffusion.objective import (
-    diffuse,
-    draw,
-    v_loss,
-    v_of,
-    v_target,
-)
+from harness.diffusion.objective import diffuse, draw, v_loss, v_of, v_target
 from harness.diffusion.schedule import Schedule
 from harness.eval.flops import count_flops
 from harness.model.conditioning import TextInput
